@@ -1,0 +1,1 @@
+"""Benchmark commands (``hashrec bench ...``; imported as ``hashrec.bench``)."""

@@ -1,0 +1,9 @@
+"""CLI commands of the bench area (registered by ``hashrec.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this area's subcommands (none yet)."""

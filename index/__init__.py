@@ -1,0 +1,1 @@
+"""Binary index export, bundles and the two-stage Retriever (imported as ``hashrec.index``)."""

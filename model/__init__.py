@@ -1,0 +1,1 @@
+"""HashGNN model, data pipeline, training and evaluation (imported as ``hashrec.model``)."""

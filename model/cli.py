@@ -1,0 +1,112 @@
+"""CLI commands of the model area: ``data stats``, ``data synth`` (and, later, ``train``, ``evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+
+def add_data_args(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """Options that describe how to load a dataset (mirrors :class:`hashrec.model.data.DataConfig`)."""
+    if positional:
+        p.add_argument("path", help="dataset folder (train.txt[.gz] + test.txt) or interaction file")
+    g = p.add_argument_group("data loading")
+    g.add_argument("--test", dest="test_path", default=None, help="explicit test file (same format)")
+    g.add_argument("--format", dest="fmt", default="auto", choices=["auto", "adjacency", "delimited"])
+    g.add_argument("--sep", default=None, help="separator of delimited files (default: sniffed); 'tab' = \\t")
+    g.add_argument("--columns", default=None, help="column names, e.g. user,item,rating,timestamp (- = skip)")
+    hdr = g.add_mutually_exclusive_group()
+    hdr.add_argument("--header", dest="header", action="store_true", default=None)
+    hdr.add_argument("--no-header", dest="header", action="store_false")
+    g.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this as positives")
+    g.add_argument("--kcore", type=int, default=0, help="keep the k-core (users and items with >= k)")
+    g.add_argument("--split", default="auto", choices=["auto", "given", "random", "temporal"])
+    g.add_argument("--test-ratio", type=float, default=0.2, help="per-user test fraction (random split)")
+    g.add_argument("--leave-out", type=int, default=1, help="latest items per user held out (temporal split)")
+    g.add_argument("--valid-ratio", type=float, default=0.1, help="per-user validation fraction of train")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the random splits")
+
+
+def data_config_from_args(args: argparse.Namespace, path: str | None = None) -> Any:
+    """Build a validated DataConfig from parsed arguments."""
+    from hashrec.model.data import DataConfig
+
+    sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(args.sep, args.sep) if args.sep else None
+    cols = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
+    return DataConfig(
+        path=path if path is not None else args.path,
+        test_path=args.test_path,
+        fmt=args.fmt,
+        sep=sep,
+        columns=cols,
+        header=args.header,
+        min_rating=args.min_rating,
+        kcore=args.kcore,
+        split=args.split,
+        test_ratio=args.test_ratio,
+        leave_out=args.leave_out,
+        valid_ratio=args.valid_ratio,
+        seed=args.data_seed,
+    )
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from hashrec.model.data import load_dataset
+
+    t0 = time.perf_counter()
+    cfg = data_config_from_args(args)
+    ds = load_dataset(cfg)
+    stats = ds.stats()
+    stats["load_seconds"] = round(time.perf_counter() - t0, 3)
+    if cfg.min_rating is not None:
+        raw = load_dataset(cfg.__class__(**{**cfg.to_json(), "min_rating": None}))
+        stats["interactions_before_threshold"] = raw.stats()["interactions"]
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"dataset        {stats['name']}  ({cfg.path})")
+    print(f"users          {stats['users']:,}")
+    print(f"items          {stats['items']:,}")
+    if "interactions_before_threshold" in stats:
+        print(f"interactions   {stats['interactions_before_threshold']:,} before rating >= {cfg.min_rating:g}")
+    print(f"interactions   {stats['interactions']:,}")
+    print(f"  train        {stats['train']:,}  (fit {stats['train_fit']:,} + validation {stats['valid']:,})")
+    print(f"  test         {stats['test']:,}  ({stats['test_users']:,} test users)")
+    print(f"density        {stats['density']:.5f}")
+    print(
+        f"user degree    min {stats['user_degree_min']}  median {stats['user_degree_median']:g}"
+        f"  max {stats['user_degree_max']}"
+    )
+    for k, v in ds.report.items():
+        if v:
+            print(f"note           {k.replace('_', ' ')}: {v:,}")
+    print(f"loaded in      {stats['load_seconds']:.2f} s")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from hashrec.model.data.synthetic import SyntheticConfig, generate, write_csv
+
+    cfg = SyntheticConfig(n_users=args.users, n_items=args.items, n_communities=args.communities, seed=args.seed)
+    path = write_csv(generate(cfg), args.out)
+    print(path)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``data ...`` (and the training commands once they exist)."""
+    data = sub.add_parser("data", help="inspect and generate datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    st = dsub.add_parser("stats", help="load a dataset as training would and print its counts")
+    add_data_args(st)
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=_cmd_stats)
+    sy = dsub.add_parser("synth", help="write a synthetic dataset with planted communities (CSV)")
+    sy.add_argument("out", help="output CSV path")
+    sy.add_argument("--users", type=int, default=2000)
+    sy.add_argument("--items", type=int, default=1000)
+    sy.add_argument("--communities", type=int, default=20)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.set_defaults(func=_cmd_synth)
