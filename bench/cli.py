@@ -1,4 +1,4 @@
-"""CLI commands of the bench area (registered by ``hashrec.cli``)."""
+"""``hashrec bench ...``: each benchmark lives in its own module and registers itself here."""
 
 from __future__ import annotations
 
@@ -6,4 +6,10 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this area's subcommands (none yet)."""
+    """Add ``bench`` and its subcommands (quality, retrieval, service, ...)."""
+    from . import quality, retrieval, service
+
+    p = sub.add_parser("bench", help="benchmarks: print results and save them (JSON + docs/benchmarks.md)")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    for mod in (quality, retrieval, service):
+        mod.register(bsub)

@@ -53,9 +53,7 @@ def hamming_topc(
     return d.astype(np.int32), idx
 
 
-def rerank(
-    user_z: np.ndarray, item_z: np.ndarray, cand: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def rerank(user_z: np.ndarray, item_z: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidates by the continuous inner product and keep the top ``k``.
 
     Args:
@@ -65,7 +63,7 @@ def rerank(
         (scores float32 [n, k'], idx int64 [n, k']) with k' = min(k, c), sorted by (score desc, id asc);
         empty slots carry idx -1 and score -inf.
     """
-    n, c = cand.shape
+    _n, c = cand.shape
     k = min(k, c)
     safe = np.where(cand < 0, 0, cand)
     scores = np.einsum("nd,ncd->nc", user_z, item_z[safe], optimize=True).astype(np.float32)

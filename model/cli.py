@@ -70,7 +70,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"users          {stats['users']:,}")
     print(f"items          {stats['items']:,}")
     if "interactions_before_threshold" in stats:
-        print(f"interactions   {stats['interactions_before_threshold']:,} before rating >= {cfg.min_rating:g}")
+        print(
+            f"interactions   {stats['interactions_before_threshold']:,} before rating >= {cfg.min_rating:g}"
+        )
     print(f"interactions   {stats['interactions']:,}")
     print(f"  train        {stats['train']:,}  (fit {stats['train_fit']:,} + validation {stats['valid']:,})")
     print(f"  test         {stats['test']:,}  ({stats['test_users']:,} test users)")
@@ -89,7 +91,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from hashrec.model.data.synthetic import SyntheticConfig, generate, write_csv
 
-    cfg = SyntheticConfig(n_users=args.users, n_items=args.items, n_communities=args.communities, seed=args.seed)
+    cfg = SyntheticConfig(
+        n_users=args.users, n_items=args.items, n_communities=args.communities, seed=args.seed
+    )
     path = write_csv(generate(cfg), args.out)
     print(path)
     return 0

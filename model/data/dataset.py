@@ -117,7 +117,9 @@ class Interactions:
         return cls(np.empty(0, np.int64), np.empty(0, np.int64))
 
     def concat(self, other: Interactions) -> Interactions:
-        return Interactions(np.concatenate([self.users, other.users]), np.concatenate([self.items, other.items]))
+        return Interactions(
+            np.concatenate([self.users, other.users]), np.concatenate([self.items, other.items])
+        )
 
 
 @dataclass
@@ -180,7 +182,7 @@ class Dataset:
             "valid": len(self.valid),
             "test": len(self.test),
             "interactions": n_known + len(self.test),
-            "test_users": int(len(np.unique(self.test.users))),
+            "test_users": len(np.unique(self.test.users)),
             "density": (n_known + len(self.test)) / max(1, self.n_users * self.n_items),
             "user_degree_min": int(deg.min()) if len(deg) else 0,
             "user_degree_median": float(np.median(deg)) if len(deg) else 0.0,
@@ -225,7 +227,9 @@ class Dataset:
         except (OSError, KeyError, ValueError) as err:
             raise DataError(f"{d}: saved dataset cannot be read: {err}") from err
         cfg = DataConfig(**meta["config"]) if meta.get("config") else None
-        ds = cls(meta["name"], users, items, parts["train"], parts["valid"], parts["test"], meta["report"], cfg)
+        ds = cls(
+            meta["name"], users, items, parts["train"], parts["valid"], parts["test"], meta["report"], cfg
+        )
         if ds.fingerprint() != meta["fingerprint"]:
             raise DataError(f"{d / 'dataset.npz'}: fingerprint mismatch (the file was changed or corrupted)")
         return ds
@@ -276,7 +280,9 @@ def _read(cfg: DataConfig, fmt: str, path: Path) -> RawInteractions:
     return read_delimited(path, sep=cfg.sep, columns=cols, header=cfg.header)
 
 
-def _filter_rating(raw: RawInteractions, cfg: DataConfig, report: dict[str, int], key: str) -> RawInteractions:
+def _filter_rating(
+    raw: RawInteractions, cfg: DataConfig, report: dict[str, int], key: str
+) -> RawInteractions:
     if cfg.min_rating is None:
         return raw
     if raw.ratings is None:
@@ -318,7 +324,9 @@ def load_dataset(cfg: DataConfig | str | Path, **overrides: Any) -> Dataset:
     raw = _filter_rating(_read(cfg, fmt, train_path), cfg, report, "train")
     report["skipped_blank_or_comment_lines"] = raw.skipped_lines
     if len(raw) == 0:
-        raise DataError(f"{train_path}: no interactions" + (" after the rating threshold" if cfg.min_rating else ""))
+        raise DataError(
+            f"{train_path}: no interactions" + (" after the rating threshold" if cfg.min_rating else "")
+        )
     if cfg.split == "temporal" and raw.timestamps is None:
         raise DataError(f"{train_path}: split 'temporal' needs a timestamp column")
 
@@ -348,8 +356,9 @@ def load_dataset(cfg: DataConfig | str | Path, **overrides: Any) -> Dataset:
         report["test_dropped_unseen_user"] = int((tu < 0).sum())
         report["test_dropped_unseen_item"] = int(((tu >= 0) & (ti < 0)).sum())
         ok = (tu >= 0) & (ti >= 0)
-        tu, ti, tts, tdup = _dedup(tu[ok], ti[ok], traw.timestamps[ok] if traw.timestamps is not None else None,
-                                   len(items_map))
+        tu, ti, _tts, tdup = _dedup(
+            tu[ok], ti[ok], traw.timestamps[ok] if traw.timestamps is not None else None, len(items_map)
+        )
         report["test_duplicates_removed"] = tdup
         in_train = np.isin(tu * np.int64(len(items_map)) + ti, u * np.int64(len(items_map)) + i)
         report["test_dropped_in_train"] = int(in_train.sum())

@@ -27,11 +27,11 @@ class BipartiteGraph:
         items = np.asarray(items, dtype=np.int64)
         if len(users) != len(items):
             raise ValueError("users and items must have the same length")
-        if len(users) and (users.min() < 0 or users.max() >= n_users or items.min() < 0 or items.max() >= n_items):
+        if len(users) and (
+            users.min() < 0 or users.max() >= n_users or items.min() < 0 or items.max() >= n_items
+        ):
             raise ValueError("edge ids out of range")
-        r = sp.csr_matrix(
-            (np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items)
-        )
+        r = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
         r.sum_duplicates()
         r.data[:] = 1.0
         r.sort_indices()

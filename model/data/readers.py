@@ -29,11 +29,29 @@ log = logging.getLogger(__name__)
 
 #: Column names a header may use, mapped to our canonical names.
 HEADER_ALIASES: dict[str, str] = {
-    "user": "user", "user_id": "user", "userid": "user", "uid": "user", "customer_id": "user",
-    "item": "item", "item_id": "item", "itemid": "item", "iid": "item", "movie_id": "item",
-    "movieid": "item", "product_id": "item", "business_id": "item", "track_id": "item",
-    "rating": "rating", "score": "rating", "stars": "rating", "weight": "rating", "value": "rating",
-    "timestamp": "timestamp", "time": "timestamp", "ts": "timestamp", "date": "timestamp",
+    "user": "user",
+    "user_id": "user",
+    "userid": "user",
+    "uid": "user",
+    "customer_id": "user",
+    "item": "item",
+    "item_id": "item",
+    "itemid": "item",
+    "iid": "item",
+    "movie_id": "item",
+    "movieid": "item",
+    "product_id": "item",
+    "business_id": "item",
+    "track_id": "item",
+    "rating": "rating",
+    "score": "rating",
+    "stars": "rating",
+    "weight": "rating",
+    "value": "rating",
+    "timestamp": "timestamp",
+    "time": "timestamp",
+    "ts": "timestamp",
+    "date": "timestamp",
 }
 CANONICAL = ("user", "item", "rating", "timestamp")
 SEPARATORS = ("::", "\t", ",", ";", "|")
@@ -61,7 +79,7 @@ def open_text(path: str | Path) -> io.TextIOBase:
         raise DataError(f"{p}: no such file")
     if p.suffix == ".gz":
         return gzip.open(p, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
-    return open(p, encoding="utf-8", newline="")  # noqa: SIM115
+    return open(p, encoding="utf-8", newline="")
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, str]]:

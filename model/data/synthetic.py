@@ -98,7 +98,11 @@ def write_csv(data: SyntheticData, path: str | Path) -> Path:
     lines = [
         f"u{u:0{uw}d},i{i:0{iw}d},{r},{t}"
         for u, i, r, t in zip(
-            data.users.tolist(), data.items.tolist(), data.ratings.tolist(), data.timestamps.tolist(), strict=True
+            data.users.tolist(),
+            data.items.tolist(),
+            data.ratings.tolist(),
+            data.timestamps.tolist(),
+            strict=True,
         )
     ]
     p.write_text("user_id,item_id,rating,timestamp\n" + "\n".join(lines) + "\n")

@@ -1,0 +1,9 @@
+"""``hashrec bench service`` (not written yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``bench service`` (nothing yet)."""
