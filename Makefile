@@ -1,0 +1,50 @@
+# hashrec: two commands from a fresh clone. `make demo` shows it working; `make test` proves it.
+# Both create .venv (Python >= 3.11), install the package with the pinned CPU torch, and run.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test install redis lint bench-quality bench-retrieval bench-service clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hashrec needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: on the project's machines this takes the CPU wheel on disk (see README).
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[serve,parquet,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The tests start their own redis-server on a free port; this only makes sure the binary exists.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+demo: install
+	$(BIN)/hashrec demo
+
+test: install redis
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy hashrec model index service bench
+
+bench-quality: install
+	$(BIN)/hashrec bench quality --data ../shared/data/gowalla
+
+bench-retrieval: install
+	$(BIN)/hashrec bench retrieval
+
+bench-service: install redis
+	$(BIN)/hashrec bench service
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
