@@ -19,7 +19,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``demo``."""
     p = sub.add_parser("demo", help="generate data, train, export, serve and query, end to end")
     p.add_argument("--workdir", default="demo", help="where data, run and bundles go (default: ./demo)")

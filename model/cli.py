@@ -99,7 +99,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``data ...`` (and the training commands once they exist)."""
     data = sub.add_parser("data", help="inspect and generate datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)

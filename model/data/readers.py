@@ -78,7 +78,7 @@ def open_text(path: str | Path) -> io.TextIOBase:
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     if p.suffix == ".gz":
-        return gzip.open(p, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return gzip.open(p, "rt", encoding="utf-8", newline="")
     return open(p, encoding="utf-8", newline="")
 
 
