@@ -1,4 +1,4 @@
-"""CLI commands of the model area: ``data stats``, ``data synth`` (and, later, ``train``, ``evaluate``)."""
+"""CLI commands of the model area: ``data stats``, ``data synth``, ``train`` (and ``evaluate``)."""
 
 from __future__ import annotations
 
@@ -114,3 +114,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--communities", type=int, default=20)
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_cmd_synth)
+    register_train(sub)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hashrec.model.config import TrainConfig
+    from hashrec.model.train import train
+
+    data = data_config_from_args(args, path=args.data)
+    overrides: dict[str, Any] = {
+        "bits": args.bits,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "device": args.device,
+        "threads": args.threads,
+        "time_budget_min": args.time_budget,
+        "continuous": True if args.continuous else None,
+        "progress": False if args.no_progress else None,
+    }
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            from hashrec.model.config import ConfigError
+
+            raise ConfigError(f"{item}: --set expects FIELD=VALUE")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except ValueError:
+            overrides[key.strip()] = value  # a plain string (e.g. ranking=margin)
+    cfg = TrainConfig.preset_config(args.preset, data, **overrides)
+    t0 = time.perf_counter()
+    out = train(cfg, args.out, resume=args.resume, force=args.force)
+    print(json.dumps({"run_dir": str(out), "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0
+
+
+def register_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``train``."""
+    p = sub.add_parser("train", help="train HashGNN into a run directory")
+    p.add_argument(
+        "--data", required=True, help="dataset folder (train.txt[.gz] + test.txt) or interaction file"
+    )
+    p.add_argument("--out", required=True, help="run directory (created; never overwritten without --force)")
+    p.add_argument("--preset", default="default", help="paper | default (default: default)")
+    p.add_argument("--bits", type=int, default=None, help="code length K, a multiple of 8 (preset's default)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (preset's default)")
+    p.add_argument(
+        "--time-budget", type=float, default=None, metavar="MINUTES", help="stop after this wall time"
+    )
+    p.add_argument("--continuous", action="store_true", help="train the continuous baseline (no sign)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override any TrainConfig field (repeatable)"
+    )
+    add_data_args(p, positional=False)
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,204 @@
+"""HashGNN: a graph encoder, two hash layers (users, items) and the guided-STE losses.
+
+API (PyG-LightGCN style):
+
+- :meth:`HashGNN.embed` -> continuous codes ``z`` (tanh outputs) of a batch's users and items;
+- :meth:`HashGNN.embed_all` -> ``z`` of every user and item (numpy, deterministic): what ``embeddings.npz``
+  holds; the binary codes are ``sign(z)`` (:mod:`hashrec.index.codes`);
+- :meth:`HashGNN.score` -> ``scale * <h_u, h_i> / K`` for codes or continuous vectors;
+- :meth:`HashGNN.loss` -> the weighted training losses of one batch at a given code probability;
+- :meth:`HashGNN.foldin` -> the arrays that encode a user the model never saw from its item list.
+
+The continuous counterpart (``TrainConfig.continuous``) is the same module trained with code probability 0:
+same encoder, same tanh layer, never a sign.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hashrec.model.config import TrainConfig
+from hashrec.model.data import BipartiteGraph
+from hashrec.model.encoders import LightGCNEncoder, SageEncoder
+from hashrec.model.hashing import HashLayer, guided_codes, ste_sign
+from hashrec.model.losses import bpr_loss, l2_penalty, margin_loss, reconstruction_loss, softmax_loss
+
+
+class HashGNN(nn.Module):
+    """The model; ``graph`` is the training graph (the encoder propagates over it)."""
+
+    def __init__(self, cfg: TrainConfig, graph: BipartiteGraph) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bits = cfg.bits
+        self.encoder: LightGCNEncoder | SageEncoder
+        if cfg.encoder == "lightgcn":
+            self.encoder = LightGCNEncoder(
+                graph, cfg.emb_dim, cfg.layers, "svd" if cfg.svd_init else "normal", cfg.seed
+            )
+        else:
+            self.encoder = SageEncoder(graph, cfg.emb_dim, cfg.dense_dim, cfg.user_fanouts, cfg.item_fanouts)
+        self.user_hash = HashLayer(self.encoder.out_dim, cfg.bits)
+        self.item_hash = HashLayer(self.encoder.out_dim, cfg.bits)
+        if cfg.encoder == "lightgcn" and cfg.svd_init:
+            self._init_rotation(cfg.seed)
+
+    def _init_rotation(self, seed: int) -> None:
+        """Start the hash layers as a scaled random rotation shared by both sides.
+
+        With SVD-initialised embeddings, ``<z_u, z_i>`` then starts close to the SVD score, and a random
+        rotation spreads the variance of the leading singular directions over all bits (the idea of ITQ),
+        which sign quantisation needs; the gain makes tanh neither saturated nor linear. Rectangular when
+        K != emb_dim (orthonormal rows or columns).
+        """
+        g = torch.Generator().manual_seed(seed + 1)
+        a = torch.randn(self.bits, self.encoder.out_dim, generator=g)
+        q, _ = torch.linalg.qr(a if self.bits >= self.encoder.out_dim else a.T)
+        w = q if self.bits >= self.encoder.out_dim else q.T
+        with torch.no_grad():
+            with torch.no_grad():
+                full_u, full_i = self.encoder.full()
+            h = torch.cat([full_u, full_i])
+            proj = h @ w.T
+            gain = 1.0 / max(float(proj.std()), 1e-8)
+            for layer in (self.user_hash, self.item_hash):
+                layer.fc.weight.copy_(w * gain)
+                layer.fc.bias.zero_()
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def embed(
+        self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z of a batch: (users [len(users), K], items [len(items), K]) in (-1, 1), differentiable."""
+        hu, hi = self.encoder(users, items, rng)
+        return self.user_hash(hu), self.item_hash(hi)
+
+    @torch.no_grad()
+    def embed_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """z of all users and items as float32 numpy arrays (eval mode, deterministic)."""
+        was = self.training
+        self.eval()
+        hu, hi = self.encoder.full()
+        uz, iz = self.user_hash(hu), self.item_hash(hi)
+        self.train(was)
+        return uz.float().cpu().numpy(), iz.float().cpu().numpy()
+
+    def score(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """``scale * <h_u, h_i> / K`` for aligned rows ([B, K] x [B, K] -> [B]) or [B, K] x [B, M, K] -> [B, M]."""
+        s = (hu * hi).sum(-1) if hi.dim() == hu.dim() else torch.einsum("bk,bmk->bm", hu, hi)
+        return s * (self.cfg.score_scale / self.bits)
+
+    def loss(
+        self,
+        users: np.ndarray,
+        pos: np.ndarray,
+        neg: np.ndarray,
+        shared: np.ndarray,
+        code_prob: float,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses of one batch: ``{"loss": total, "rec": ..., "rank": ..., "softmax": ..., "l2": ...}``.
+
+        Args:
+            users, pos: [B] the batch's observed edges; neg: [B, M] sampled negatives of each example;
+            shared: [S] items shared by the batch as extra softmax negatives (may be empty).
+            code_prob: probability of using the binary code (0 in continuous mode).
+            rng: numpy RNG (GraphSAGE neighbour sampling); gen: torch RNG (guidance draws).
+        """
+        cfg = self.cfg
+        b, m = neg.shape
+        items = np.concatenate([pos, neg.ravel(), shared])
+        uniq, inv = np.unique(items, return_inverse=True)
+        zu, zi_u = self.embed(users, uniq, rng)
+        dev = zu.device
+        zi = zi_u[torch.from_numpy(inv).to(dev)]
+        zp, zn, zs = zi[:b], zi[b : b + b * m].view(b, m, -1), zi[b + b * m :]
+        p = 0.0 if cfg.continuous else code_prob
+        # One draw per example (or per bit) shared by the user, its positive and its negatives, as in the
+        # official code: the pair is compared in the same space.
+        hu, draw = guided_codes(zu, p, cfg.guidance, gen)
+        hp, _ = guided_codes(zp, p, cfg.guidance, gen, draw=draw)
+        hn, _ = guided_codes(zn, p, cfg.guidance, gen, draw=draw.unsqueeze(1))
+        out: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=dev)
+        s_pos, s_neg = self.score(hu, hp), self.score(hu, hn)
+        if cfg.rec_weight > 0:
+            out["rec"] = reconstruction_loss(s_pos, s_neg)
+            total = total + cfg.rec_weight * out["rec"]
+        if cfg.rank_weight > 0:
+            out["rank"] = (
+                bpr_loss(s_pos, s_neg) if cfg.ranking == "bpr" else margin_loss(s_pos, s_neg, cfg.margin)
+            )
+            total = total + cfg.rank_weight * out["rank"]
+        if cfg.softmax_weight > 0:
+            hs, _ = guided_codes(zs, p, cfg.guidance, gen) if len(shared) else (zs, None)
+            cand = torch.cat([hp, hs], dim=0)
+            logits = hu @ cand.T / (self.bits * cfg.softmax_tau)
+            # Another example's positive that is this example's own item is not a negative.
+            pos_t = torch.from_numpy(np.asarray(pos, np.int64)).to(dev)
+            same = pos_t[:, None] == pos_t[None, :]
+            same.fill_diagonal_(False)
+            excl = torch.cat([same, torch.zeros(b, len(shared), dtype=torch.bool, device=dev)], dim=1)
+            out["softmax"] = softmax_loss(logits, torch.arange(b, device=dev), excl)
+            total = total + cfg.softmax_weight * out["softmax"]
+        if cfg.l2 > 0:
+            eu, ei = self.encoder.id_embeddings(
+                torch.from_numpy(np.asarray(users, np.int64)).to(dev), torch.from_numpy(uniq).to(dev)
+            )
+            out["l2"] = l2_penalty(eu, ei)
+            total = total + cfg.l2 * out["l2"]
+        out["loss"] = total
+        return out
+
+    # -- new users ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def foldin(self, user_items: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Fold-in arrays (docs/architecture.md): ``z = tanh(W (sum_{i in I} f_i / |I|^p) + b)``.
+
+        - LightGCN: exact (see :meth:`LightGCNEncoder.foldin_items`): ``f`` from the item embeddings,
+          ``p = 0.5``, ``W, b`` = the user hash layer.
+        - GraphSAGE: a new user has no ID embedding and its 2-hop tree is non-linear, so the best affine
+          approximation is used: ``f_i`` = the item's encoder output, ``p = 1`` (the mean), and ``W, b``
+          fitted by ridge least squares so that ``W mean_{i in I_u} f_i + b`` matches the user hash layer's
+          pre-activation for the training users (``user_items``: their CSR, required).
+        """
+        if isinstance(self.encoder, LightGCNEncoder):
+            f, power = self.encoder.foldin_items()
+            w = self.user_hash.fc.weight.cpu().numpy()
+            bias = self.user_hash.fc.bias.cpu().numpy()
+        else:
+            import scipy.sparse as sp
+
+            if user_items is None:
+                raise ValueError("GraphSAGE fold-in needs the training user-item CSR")
+            hu, hi = self.encoder.full()
+            f = hi.cpu().numpy().astype(np.float64)
+            target = (self.user_hash.fc(hu)).cpu().numpy().astype(np.float64)
+            r = sp.csr_matrix(user_items, dtype=np.float64)
+            deg = np.asarray(r.sum(axis=1)).ravel()
+            x = (sp.diags(np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)) @ r) @ f
+            x1 = np.hstack([x, np.ones((len(x), 1))])
+            reg = 1e-3 * np.eye(x1.shape[1])
+            coef = np.linalg.solve(x1.T @ x1 + reg, x1.T @ target)  # [d + 1, K]
+            w, bias, power = coef[:-1].T, coef[-1], 1.0
+        return {
+            "foldin_item": np.asarray(f, np.float32),
+            "foldin_weight": np.asarray(w, np.float32),
+            "foldin_bias": np.asarray(bias, np.float32),
+            "foldin_power": np.asarray(power, np.float32),
+        }
+
+
+def foldin_encode(arrays: dict[str, np.ndarray], items: np.ndarray) -> np.ndarray:
+    """z (float32 [K]) of a new user from its item ids, with the arrays of :meth:`HashGNN.foldin`."""
+    items = np.asarray(items, np.int64)
+    if len(items) == 0:
+        raise ValueError("fold-in needs at least one item")
+    agg = arrays["foldin_item"][items].sum(axis=0) / float(len(items)) ** float(arrays["foldin_power"])
+    return np.tanh(arrays["foldin_weight"] @ agg + arrays["foldin_bias"]).astype(np.float32)
+
+
+__all__ = ["HashGNN", "foldin_encode", "ste_sign"]
