@@ -1,0 +1,342 @@
+"""Bundles: one immutable, versioned directory with everything the Retriever needs, and its loader.
+
+Layout of ``BUNDLES_DIR`` (written by :mod:`hashrec.index.export`)::
+
+    BUNDLES_DIR/
+      20261127T081500.123456Z-3f2a9c1d/  one version (sortable: UTC time to the microsecond, then a
+                                        short hash of the content)
+        manifest.json                   format version, model version, created, dataset fingerprint, bits,
+                                        dims, index type + parameters, counts, run metrics, sha256 of files
+        items.faissbin                  FAISS binary index over the item codes (internal ids = positions)
+        item_codes.npy                  uint8 [n_items, bits/8] packed codes (little bit order, codes.py)
+        user_codes.npy                  uint8 [n_users, bits/8]
+        user_z.npy  item_z.npy          continuous embeddings, float32 (or float16 when exported so)
+        user_ids.npy  item_ids.npy      raw ids (unicode arrays): row i is internal id i
+        seen_indptr.npy seen_indices.npy  CSR of known (train + valid) items per user
+        popularity.npy                  int64 [n_items], known interactions per item
+        foldin_item.npy foldin_weight.npy foldin_bias.npy   optional fold-in arrays (docs/architecture.md)
+      current -> 20261127T081500.123456Z-3f2a9c1d   symlink, switched atomically on publish
+
+Loading (:func:`load_bundle`) validates the manifest (format version, required keys), the sha256 of every
+file, then the shapes and dtypes of every array against the manifest's counts; any failure raises
+:class:`BundleError` whose message names the file and the reason. Arrays are memory-mapped (``.npy`` with
+``mmap_mode="r"``, the flat index with ``IO_FLAG_MMAP_IFC``) so a large bundle opens fast; float16
+embeddings are converted to float32 on load (served as float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from hashrec.model.data import IdMap
+
+from . import binary_index
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_FILE = "items.faissbin"
+CURRENT = "current"
+VERSION_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}(-\d+)?$")
+
+# name -> (dtype kinds allowed, shape spec); shape names refer to manifest["counts"] / bits / dim
+ARRAYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "item_codes": (("uint8",), ("items", "bytes")),
+    "user_codes": (("uint8",), ("users", "bytes")),
+    "user_z": (("float32", "float16"), ("users", "dim")),
+    "item_z": (("float32", "float16"), ("items", "dim")),
+    "user_ids": (("unicode",), ("users",)),
+    "item_ids": (("unicode",), ("items",)),
+    "seen_indptr": (("int64",), ("users+1",)),
+    "seen_indices": (("int32", "int64"), ("seen",)),
+    "popularity": (("int64",), ("items",)),
+}
+FOLDIN_ARRAYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "foldin_item": (("float32",), ("items", "foldin_dim")),
+    "foldin_weight": (("float32",), ("dim", "foldin_dim")),
+    "foldin_bias": (("float32",), ("dim",)),
+}
+
+
+class BundleError(Exception):
+    """A bundle cannot be used; ``str()`` names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class FoldIn:
+    """Arrays that encode a user the model never saw from the items they interacted with.
+
+    ``z = tanh(weight @ (sum_{i in I} item[i] / |I|^power) + bias)`` (docs/architecture.md).
+    """
+
+    item: np.ndarray  # float32 [n_items, d]
+    weight: np.ndarray  # float32 [K, d]
+    bias: np.ndarray  # float32 [K]
+    power: float
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything one model version serves. Arrays are read-only (memory-mapped where possible)."""
+
+    path: Path
+    version: str
+    manifest: dict[str, Any]
+    users: IdMap
+    items: IdMap
+    bits: int
+    dim: int
+    user_z: np.ndarray
+    item_z: np.ndarray
+    user_codes: np.ndarray
+    seen: sp.csr_matrix
+    popularity: np.ndarray
+    index: faiss.IndexBinary
+    foldin: FoldIn | None
+    item_codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def index_type(self) -> str:
+        return str(self.manifest["index"]["type"])
+
+    def summary(self) -> dict[str, Any]:
+        """A short description (for ``bundle verify`` and the service's /version)."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "version": self.version,
+            "model_version": m.get("model_version"),
+            "created": m.get("created"),
+            "bits": self.bits,
+            "dim": self.dim,
+            "users": self.n_users,
+            "items": self.n_items,
+            "seen": int(self.seen.nnz),
+            "index": m.get("index"),
+            "embedding_dtype": m.get("embedding_dtype"),
+            "foldin": self.foldin is not None,
+            "dataset_fingerprint": m.get("dataset_fingerprint"),
+            "metrics": m.get("metrics"),
+        }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_bundle_dir(path: str | Path) -> Path:
+    """The version directory ``path`` designates: itself when it holds a manifest, else ``path/current``.
+
+    Returns the resolved (symlink-free) version directory. Raises BundleError when neither exists.
+    """
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return p.resolve()
+    cur = p / CURRENT
+    if cur.is_symlink() or cur.exists():
+        target = cur.resolve()
+        if not (target / MANIFEST).is_file():
+            raise BundleError(f"{cur}: points to {target}, which holds no {MANIFEST}")
+        return target
+    if not p.exists():
+        raise BundleError(f"{p}: no such bundle or bundles directory")
+    raise BundleError(f"{p}: neither a bundle version (no {MANIFEST}) nor a bundles directory (no {CURRENT})")
+
+
+def read_manifest(vdir: Path) -> dict[str, Any]:
+    """Parse and check a version directory's manifest (format version and required keys)."""
+    mpath = vdir / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError as err:
+        raise BundleError(f"{mpath}: missing") from err
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{mpath}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath}: expected a JSON object")
+    fv = manifest.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: bundle format version {fv!r} is not supported (this hashrec reads version {FORMAT_VERSION})"
+        )
+    for key in ("version", "bits", "dim", "counts", "index", "files"):
+        if key not in manifest:
+            raise BundleError(f"{mpath}: required key {key!r} is missing")
+    for key in ("users", "items", "seen"):
+        if not isinstance(manifest["counts"].get(key), int):
+            raise BundleError(f"{mpath}: counts.{key} must be an integer")
+    if not isinstance(manifest["files"], dict) or not manifest["files"]:
+        raise BundleError(f"{mpath}: 'files' must map file names to sha256 digests")
+    return manifest
+
+
+def verify_files(vdir: Path, manifest: dict[str, Any], *, checksums: bool = True) -> None:
+    """Every file listed exists (and matches its sha256 when ``checksums``); no unlisted file is required."""
+    for name, digest in manifest["files"].items():
+        if "/" in name or name.startswith("."):
+            raise BundleError(f"{vdir / MANIFEST}: bad file name {name!r} in 'files'")
+        fpath = vdir / name
+        if not fpath.is_file():
+            raise BundleError(f"{fpath}: missing (listed in {MANIFEST})")
+        if checksums and sha256_file(fpath) != digest:
+            raise BundleError(
+                f"{fpath}: sha256 does not match {MANIFEST} (the file is corrupted or was changed)"
+            )
+
+
+def _dtype_kind(a: np.ndarray) -> str:
+    return "unicode" if a.dtype.kind == "U" else str(a.dtype)
+
+
+def _load_array(
+    vdir: Path, name: str, spec: tuple[tuple[str, ...], tuple[str, ...]], dims: dict[str, int], mmap: bool
+) -> np.ndarray:
+    fpath = vdir / f"{name}.npy"
+    try:
+        # unicode arrays cannot be memory-mapped usefully (converted to an IdMap anyway)
+        mode: Literal["r"] | None = "r" if mmap and name not in ("user_ids", "item_ids") else None
+        arr = np.load(fpath, mmap_mode=mode, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise BundleError(f"{fpath}: missing") from err
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{fpath}: not a readable .npy array ({err})") from err
+    kinds, shape_spec = spec
+    if _dtype_kind(arr) not in kinds:
+        raise BundleError(f"{fpath}: dtype {arr.dtype} is not one of {', '.join(kinds)}")
+    want = tuple(dims[s] for s in shape_spec)
+    if arr.shape != want:
+        raise BundleError(f"{fpath}: shape {arr.shape} does not match the manifest ({want})")
+    return arr
+
+
+def load_bundle(path: str | Path, *, verify_checksums: bool = True, mmap: bool = True) -> Bundle:
+    """Load and validate a bundle: a version directory, or a bundles directory (its ``current`` version).
+
+    Checks the manifest, the sha256 of every file (unless ``verify_checksums`` is False), dtypes and shapes,
+    CSR consistency and id ranges. Raises BundleError naming the file and the reason. When ``path`` is a
+    bundles directory and the version it pointed to disappears while loading (pruned by a concurrent
+    publish), the new ``current`` is loaded instead: a reader sees the old or the new version, never an error.
+    """
+    last: Exception | None = None
+    for _attempt in range(5):
+        vdir = resolve_bundle_dir(path)
+        try:
+            return _load_version(vdir, verify_checksums=verify_checksums, mmap=mmap)
+        except BundleError as err:
+            # retry only when the version directory itself vanished (a concurrent prune), never on bad content
+            if vdir.exists() or (Path(path) / MANIFEST).is_file():
+                raise
+            last = err
+    raise BundleError(f"{path}: the current version kept disappearing while loading ({last})")
+
+
+def _load_version(vdir: Path, *, verify_checksums: bool, mmap: bool) -> Bundle:
+    manifest = read_manifest(vdir)
+    verify_files(vdir, manifest, checksums=verify_checksums)
+    mpath = vdir / MANIFEST
+    bits, dim = int(manifest["bits"]), int(manifest["dim"])
+    if bits <= 0 or bits % 8:
+        raise BundleError(f"{mpath}: bits must be a positive multiple of 8, got {bits}")
+    if bits != dim:
+        raise BundleError(f"{mpath}: bits ({bits}) must equal dim ({dim}): codes are sign(z)")
+    counts = manifest["counts"]
+    dims = {
+        "users": counts["users"],
+        "items": counts["items"],
+        "users+1": counts["users"] + 1,
+        "seen": counts["seen"],
+        "bytes": bits // 8,
+        "dim": dim,
+        "foldin_dim": int((manifest.get("foldin") or {}).get("dim", 0) or 0),
+    }
+    arrs = {name: _load_array(vdir, name, spec, dims, mmap) for name, spec in ARRAYS.items()}
+    indptr, indices = arrs["seen_indptr"], arrs["seen_indices"]
+    if indptr[0] != 0 or indptr[-1] != counts["seen"] or np.any(np.diff(indptr) < 0):
+        raise BundleError(
+            f"{vdir / 'seen_indptr.npy'}: not a valid CSR row pointer for {counts['seen']} entries"
+        )
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= counts["items"]):
+        raise BundleError(f"{vdir / 'seen_indices.npy'}: item id out of range [0, {counts['items']})")
+    seen = sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.bool_), indices, indptr), shape=(counts["users"], counts["items"])
+    )
+    foldin = None
+    if manifest.get("foldin"):
+        fa = {name: _load_array(vdir, name, spec, dims, mmap) for name, spec in FOLDIN_ARRAYS.items()}
+        foldin = FoldIn(
+            fa["foldin_item"], fa["foldin_weight"], fa["foldin_bias"], float(manifest["foldin"]["power"])
+        )
+    ipath = vdir / INDEX_FILE
+    itype = str(manifest["index"].get("type"))
+    if itype not in binary_index.INDEX_TYPES:
+        raise BundleError(f"{mpath}: unknown index type {itype!r}")
+    try:
+        index = binary_index.read_index(ipath, itype, dict(manifest["index"].get("params", {})), mmap=mmap)
+    except RuntimeError as err:
+        raise BundleError(f"{ipath}: FAISS cannot read the index ({str(err).splitlines()[0]})") from err
+    if index.ntotal != counts["items"] or index.d != bits:
+        raise BundleError(
+            f"{ipath}: index holds {index.ntotal} codes of {index.d} bits, manifest says {counts['items']} of {bits}"
+        )
+    user_z, item_z = (np.asarray(arrs[n], dtype=np.float32) for n in ("user_z", "item_z"))
+    return Bundle(
+        path=vdir,
+        version=str(manifest["version"]),
+        manifest=manifest,
+        users=IdMap(arrs["user_ids"].tolist()),
+        items=IdMap(arrs["item_ids"].tolist()),
+        bits=bits,
+        dim=dim,
+        user_z=user_z,
+        item_z=item_z,
+        user_codes=arrs["user_codes"],
+        seen=seen,
+        popularity=arrs["popularity"],
+        index=index,
+        foldin=foldin,
+        item_codes=arrs["item_codes"],
+    )
+
+
+def list_versions(bundles_dir: str | Path) -> list[str]:
+    """Version directory names under ``bundles_dir``, oldest first (names sort by creation time)."""
+    d = Path(bundles_dir)
+    if not d.is_dir():
+        return []
+    return sorted(
+        p.name for p in d.iterdir() if p.is_dir() and not p.is_symlink() and VERSION_RE.match(p.name)
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that renames and new entries in it survive a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
