@@ -1,0 +1,135 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI app; the lifespan loads the bundle.
+
+Run it with ``hashrec serve`` (or ``uvicorn --factory hashrec.service.app:create_app_from_env`` with
+``HASHREC_*`` variables). Start-up fails (the lifespan raises, uvicorn exits non-zero) when the bundle is
+missing or corrupt; ``hashrec serve`` checks that before uvicorn starts, to say which file and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hashrec import __version__
+
+from .cache import make_cache
+from .context import ServiceContext
+from .errors import install_error_handlers
+from .metrics import ServiceMetrics
+from .middleware import ServiceMiddleware
+from .routes import admin, export, health, recommend
+from .settings import Settings
+from .state import ServingState, Snapshot
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Two-stage recommendations from a HashGNN bundle: Hamming top-C recall over binary item codes (FAISS), then
+a continuous re-rank of the C candidates, top-k returned. Answers say which bundle version produced them and
+where they came from (`model`, `cache`, or a `popular` fallback with its reason).
+
+Every error has the body `{"error": {"code": ..., "message": ..., "field": ...}}`.
+"""
+
+
+def limit_native_threads(threads: int = 1) -> None:
+    """Give each model call one OpenMP/BLAS thread: concurrency comes from the request thread pool.
+
+    Without this FAISS and torch each start one thread per core *per call*, and a few concurrent requests
+    oversubscribe the cores (latency spikes, no throughput gain). Environment variables cover libraries
+    loaded later and worker processes; the runtime calls cover those already loaded.
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:  # pragma: no cover - faiss is a hard dependency
+        pass
+    import sys
+
+    if "torch" in sys.modules:  # never import torch just to configure it (it costs a second at start-up)
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
+    """Build the app. ``snapshot``: an already loaded bundle (``hashrec serve`` loads it to fail fast)."""
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_native_threads(1)
+
+        def observe(stage: str, seconds: float) -> None:
+            metrics.stage.labels(stage).observe(seconds)
+
+        state = ServingState(settings.bundles, threads=1, observe=observe)
+        if snapshot is not None:
+            snapshot.retriever.observe = observe
+            state.snapshot = snapshot
+        else:
+            state.load_initial(settings.bundle_version)
+        snap = state.snapshot
+        assert snap is not None
+        metrics.set_bundle(snap.version, snap.index_type, snap.n_items, snap.n_users, snap.bits)
+        cache = make_cache(
+            settings.cache_backend,
+            redis_url=settings.redis_url,
+            ttl_s=settings.cache_ttl_s,
+            max_entries=settings.cache_size,
+            timeout_s=settings.redis_timeout_s,
+            pool_size=settings.redis_pool_size,
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+            metrics=metrics,
+        )
+        executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="hashrec-model")
+        app.state.ctx = ServiceContext(settings, metrics, state, cache, executor)
+        log.info(
+            "serving bundle %s (%s, %d items, %d bits), cache %s, %d compute threads",
+            snap.version,
+            snap.index_type,
+            snap.n_items,
+            snap.bits,
+            settings.cache_backend,
+            settings.compute_threads,
+        )
+        try:
+            yield
+        finally:
+            await cache.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="hashrec",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(recommend.build_router(settings))
+    app.include_router(export.build_router(settings))
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    app.add_middleware(
+        ServiceMiddleware,  # type: ignore[arg-type]
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        log_requests=settings.access_log,
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes: settings from ``HASHREC_*`` variables, JSON logs."""
+    from .json_logs import setup_json_logging
+
+    settings = Settings()  # type: ignore[call-arg]  # bundles comes from HASHREC_BUNDLES
+    setup_json_logging(settings.log_level)
+    return create_app(settings)

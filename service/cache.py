@@ -1,0 +1,347 @@
+"""Answer cache (cache-aside): Redis with a circuit breaker, or an in-process LRU, or nothing.
+
+Values are opaque bytes (the serialised answer); keys are built by the caller (``answer_key``) from the bundle
+version and every parameter that changes the answer, so a new bundle version never reads old entries.
+
+Failure policy: a cache is an optimisation, never a dependency. Redis errors and timeouts are counted
+(``hashrec_cache_requests{result="error"}``), logged (once per breaker opening, not per request), and
+answered as a miss. After ``breaker_failures`` consecutive failures the breaker opens: for
+``breaker_reset_s`` no request touches Redis (``result="skipped"``), so a dead or stalled Redis costs no
+timeout per request; then one trial call decides whether to close it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+from .metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "hashrec:ans:v1"
+
+
+def answer_key(version: str, user: str, k: int, candidates: int, exclude_seen: bool) -> str:
+    """The cache key of one user's answer: bundle version + every parameter that changes the answer."""
+    return f"{KEY_PREFIX}:{version}:{k}:{candidates}:{int(exclude_seen)}:{user}"
+
+
+class AnswerCache(Protocol):
+    """What the service needs from a cache."""
+
+    backend: str
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values for ``keys`` (None = miss or error); never raises."""
+        ...
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Store values with the configured TTL; never raises."""
+        ...
+
+    async def clear(self) -> None:
+        """Drop local entries (a reload calls this; Redis entries of old versions simply expire)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    def state(self) -> dict[str, object]:
+        """A small JSON-able description for /healthz."""
+        ...
+
+
+class NullCache:
+    """No caching (``HASHREC_CACHE=none``): every look-up misses, nothing is counted."""
+
+    backend = "none"
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """All misses."""
+        return [None] * len(keys)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Nothing to do."""
+
+    async def clear(self) -> None:
+        """Nothing to do."""
+
+    async def close(self) -> None:
+        """Nothing to do."""
+
+    def state(self) -> dict[str, object]:
+        """Backend name only."""
+        return {"backend": self.backend}
+
+
+class LruCache:
+    """In-process LRU with a TTL (the embedded default when no Redis URL is configured).
+
+    Lives on the event loop thread only, so it needs no lock. Memory is bounded by ``max_entries``.
+    """
+
+    backend = "memory"
+
+    def __init__(
+        self,
+        max_entries: int,
+        ttl_s: float,
+        metrics: ServiceMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._metrics = metrics
+        self._clock = clock
+
+    def _count(self, op: str, result: str, n: int = 1) -> None:
+        if self._metrics is not None and n:
+            self._metrics.cache.labels(self.backend, op, result).inc(n)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Fresh values move to the most-recent end; expired ones are dropped and miss."""
+        now = self._clock()
+        out: list[bytes | None] = []
+        for key in keys:
+            entry = self._data.get(key)
+            if entry is None or entry[0] < now:
+                if entry is not None:
+                    del self._data[key]
+                out.append(None)
+            else:
+                self._data.move_to_end(key)
+                out.append(entry[1])
+        hits = sum(v is not None for v in out)
+        self._count("get", "hit", hits)
+        self._count("get", "miss", len(out) - hits)
+        return out
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Insert or refresh; evicts least recently used entries beyond ``max_entries``."""
+        expires = self._clock() + self.ttl_s
+        for key, value in items:
+            self._data[key] = (expires, value)
+            self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+        self._count("set", "ok", len(items))
+
+    async def clear(self) -> None:
+        """Drop everything (old-version entries would never be read again: free the memory now)."""
+        self._data.clear()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def state(self) -> dict[str, object]:
+        """Backend, entries, capacity."""
+        return {"backend": self.backend, "entries": len(self._data), "max_entries": self.max_entries}
+
+
+class CircuitBreaker:
+    """Consecutive-failure breaker: closed -> open (after ``failures``) -> half-open (one trial) -> closed.
+
+    Single-threaded (event loop) use; ``clock`` is injectable for tests.
+    """
+
+    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures_to_open = failures
+        self.reset_s = reset_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        """Current state (``half_open`` = the reset time has passed and a trial call may go through)."""
+        if self._opened_at is None:
+            return "closed"
+        if self._clock() - self._opened_at >= self.reset_s:
+            return "half_open"
+        return "open"
+
+    def allow(self) -> bool:
+        """Whether a call may go to the backend now. In half-open state only one trial at a time."""
+        st = self.state
+        if st == "closed":
+            return True
+        if st == "half_open" and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def success(self) -> None:
+        """A call succeeded: close the breaker."""
+        if self._opened_at is not None:
+            log.info("cache breaker closed: backend answers again")
+        self._failures = 0
+        self._opened_at = None
+        self._trial_in_flight = False
+
+    def failure(self) -> bool:
+        """A call failed; returns True when this failure opened (or re-opened) the breaker."""
+        self._failures += 1
+        was_trial = self._trial_in_flight
+        self._trial_in_flight = False
+        if was_trial or (self._opened_at is None and self._failures >= self.failures_to_open):
+            self._opened_at = self._clock()
+            return True
+        return False
+
+
+class RedisCache:
+    """Cache-aside in Redis (``redis.asyncio``, a bounded connection pool, short timeouts, no retries).
+
+    Retries are disabled on purpose: a retry multiplies the time a request waits on a failing Redis, and the
+    breaker, not the client, decides when to try again.
+    """
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: float,
+        timeout_s: float,
+        pool_size: int,
+        breaker: CircuitBreaker,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url = url
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.timeout_s = timeout_s
+        self.breaker = breaker
+        self._metrics = metrics
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._redis = Redis(connection_pool=self._pool)
+        self._last_error: str | None = None
+
+    def _count(self, op: str, result: str, n: int = 1) -> None:
+        if self._metrics is not None and n:
+            self._metrics.cache.labels(self.backend, op, result).inc(n)
+
+    def _on_failure(self, op: str, n: int, err: BaseException) -> None:
+        self._count(op, "error", n)
+        self._last_error = f"{type(err).__name__}: {err}"
+        if self.breaker.failure():
+            log.warning(
+                "cache breaker opened after Redis %s failed: %s; answering from the model for %.1f s",
+                op,
+                self._last_error,
+                self.breaker.reset_s,
+            )
+            if self._metrics is not None:
+                self._metrics.breaker_open.set(1)
+        else:
+            log.debug("Redis %s failed: %s", op, self._last_error)
+
+    def _on_success(self) -> None:
+        if self.breaker.state != "closed" and self._metrics is not None:
+            self._metrics.breaker_open.set(0)
+        self.breaker.success()
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """MGET; a failure or an open breaker reads as all misses."""
+        if not keys:
+            return []
+        if not self.breaker.allow():
+            self._count("get", "skipped", len(keys))
+            return [None] * len(keys)
+        try:
+            # wait_for bounds the whole call (pool wait + connect + reply) even if a socket timeout misfires.
+            values = await asyncio.wait_for(self._redis.mget(list(keys)), timeout=self.timeout_s * 2)
+        except Exception as err:  # any Redis/OS/timeout error is a cache failure, never the request's
+            self._on_failure("get", len(keys), err)
+            return [None] * len(keys)
+        self._on_success()
+        hits = sum(v is not None for v in values)
+        self._count("get", "hit", hits)
+        self._count("get", "miss", len(keys) - hits)
+        return list(values)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """SET PX for each item in one pipeline round trip; failures are counted, not raised."""
+        if not items:
+            return
+        if not self.breaker.allow():
+            self._count("set", "skipped", len(items))
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(key, value, px=self.ttl_ms)
+            await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s * 2)
+        except Exception as err:
+            self._on_failure("set", len(items), err)
+            return
+        self._on_success()
+        self._count("set", "ok", len(items))
+
+    async def clear(self) -> None:
+        """Nothing local to drop: keys carry the version, old ones expire by TTL."""
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now (for /healthz; bypasses the breaker, never raises)."""
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), timeout=self.timeout_s * 2))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        """Close the pool's connections."""
+        try:
+            await self._redis.aclose()
+            await self._pool.disconnect()
+        except Exception as err:
+            log.debug("closing Redis pool: %s", err)
+
+    def state(self) -> dict[str, object]:
+        """Backend, breaker state, last error."""
+        return {"backend": self.backend, "breaker": self.breaker.state, "last_error": self._last_error}
+
+
+def make_cache(
+    backend: str,
+    *,
+    redis_url: str | None,
+    ttl_s: float,
+    max_entries: int,
+    timeout_s: float,
+    pool_size: int,
+    breaker_failures: int,
+    breaker_reset_s: float,
+    metrics: ServiceMetrics | None = None,
+) -> AnswerCache:
+    """Build the configured cache (``redis``, ``memory`` or ``none``)."""
+    if backend == "redis":
+        if not redis_url:
+            raise ValueError("redis cache needs a redis_url")
+        breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
+        return RedisCache(redis_url, ttl_s, timeout_s, pool_size, breaker, metrics)
+    if backend == "memory":
+        return LruCache(max_entries, ttl_s, metrics)
+    if backend == "none":
+        return NullCache()
+    raise ValueError(f"unknown cache backend {backend!r}")

@@ -1,0 +1,44 @@
+"""Everything a request handler needs, created once per app in the lifespan: the dependency routes use."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .cache import AnswerCache
+from .errors import ApiError
+from .metrics import ServiceMetrics
+from .settings import Settings
+from .state import ServingState, Snapshot
+
+
+@dataclass
+class ServiceContext:
+    """The app's long-lived parts (no module-level globals: several apps can share a process in tests)."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    state: ServingState
+    cache: AnswerCache
+    executor: ThreadPoolExecutor
+    started: float = field(default_factory=time.monotonic)
+
+    def snapshot(self) -> Snapshot:
+        """The snapshot this request will use from start to end; 503 when none is loaded."""
+        snap = self.state.snapshot
+        if snap is None:
+            raise ApiError(503, "not_ready", "no bundle is loaded")
+        return snap
+
+
+def get_context(request: Request) -> ServiceContext:
+    """FastAPI dependency: the app's ServiceContext (set by the lifespan)."""
+    ctx: ServiceContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[ServiceContext, Depends(get_context)]

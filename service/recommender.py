@@ -1,0 +1,198 @@
+"""Answering recommendation requests: cache-aside around the Retriever, fallbacks, JSON bodies.
+
+One snapshot per request (see ``state.py``): the cache key, the model call and the ``version`` field all
+come from it. Model calls run in the app's thread pool (FAISS and numpy release the GIL), never on the
+event loop. Answers are serialised once, as bytes: the items part of a model answer is what the cache
+stores, so a cache hit costs a dictionary look-up and a byte concatenation, no JSON encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .cache import answer_key
+from .context import ServiceContext
+from .errors import ApiError
+from .state import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def items_json(rec: Any, *, with_hamming: bool = True) -> bytes:
+    """The ``items`` array of an answer: ``[{"item", "score", "hamming"}, ...]`` as JSON bytes."""
+    items = list(rec.items)
+    scores = (
+        np.asarray(rec.scores, dtype=np.float64).tolist() if rec.scores is not None else [None] * len(items)
+    )
+    ham_src = getattr(rec, "hamming", None)
+    hams = (
+        np.asarray(ham_src, dtype=np.int64).tolist()
+        if (with_hamming and ham_src is not None)
+        else [None] * len(items)
+    )
+    return json.dumps(
+        [{"item": str(i), "score": s, "hamming": h} for i, s, h in zip(items, scores, hams, strict=True)],
+        separators=(",", ":"),
+    ).encode()
+
+
+def answer_json(
+    user: str, version: str, source: str, reason: str | None, k: int, candidates: int, items: bytes
+) -> bytes:
+    """A full Recommendation body around an ``items`` array (same bytes whether fresh or cached)."""
+    head = json.dumps(
+        {
+            "user": user,
+            "version": version,
+            "source": source,
+            "reason": reason,
+            "k": k,
+            "candidates": candidates,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return head[:-1] + b',"items":' + items + b"}"
+
+
+@dataclass(frozen=True)
+class Params:
+    """The parameters that change an answer (all part of the cache key)."""
+
+    k: int
+    candidates: int
+    exclude_seen: bool
+
+
+class Recommender:
+    """Per-request façade over the context: resolves parameters, cache-aside, fallbacks."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    def params(self, k: int | None, candidates: int | None, exclude_seen: bool, where: str) -> Params:
+        """Apply defaults and limits; C is raised to k (recall can never return fewer than k items)."""
+        s = self.ctx.settings
+        k = s.default_k if k is None else k
+        c = s.default_candidates if candidates is None else candidates
+        if k > s.max_k:
+            raise ApiError(422, "invalid_parameter", f"k: must be <= {s.max_k}, got {k}", f"{where}.k")
+        if c > s.max_candidates:
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"candidates: must be <= {s.max_candidates}, got {c}",
+                f"{where}.candidates",
+            )
+        return Params(k, max(c, k), exclude_seen)
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a model call in the compute pool; records its wall time (hand-off included)."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self.ctx.executor, lambda: fn(*args, **kwargs))
+        finally:
+            self.ctx.metrics.stage.labels("model").observe(time.perf_counter() - t0)
+
+    async def popular_items(self, snap: Snapshot, k: int) -> bytes:
+        """The top-k popular items of this snapshot (memoised per snapshot: never stale after a reload)."""
+        key = ("popular", k)
+        cached = snap.memo.get(key)
+        if cached is None:
+            rec = await self._run(snap.retriever.popular, k)
+            cached = items_json(rec, with_hamming=False)
+            snap.memo[key] = cached
+        return cached
+
+    async def fallback(self, snap: Snapshot, user: str, p: Params, reason: str) -> bytes:
+        """A popularity answer marked with its reason (counted in ``hashrec_fallbacks``)."""
+        self.ctx.metrics.fallbacks.labels(reason).inc()
+        return answer_json(
+            user, snap.version, "popular", reason, p.k, p.candidates, await self.popular_items(snap, p.k)
+        )
+
+    async def for_users(self, snap: Snapshot, users: Sequence[str], p: Params, where: str) -> list[bytes]:
+        """Answers for known-or-unknown user ids, in order: cache hits, one model call for the misses.
+
+        Unknown ids get the popularity fallback, or 404 naming the field when configured so.
+        """
+        r = snap.retriever
+        out: list[bytes | None] = [None] * len(users)
+        known: list[int] = []
+        for pos, user in enumerate(users):
+            if r.has_user(user):
+                known.append(pos)
+            elif self.ctx.settings.unknown_user == "404":
+                field = f"{where}.user_id" if where == "path" else f"{where}.users[{pos}]"
+                raise ApiError(
+                    404, "unknown_user", f"user {user!r} is not known to model {snap.version}", field
+                )
+            else:
+                out[pos] = await self.fallback(snap, user, p, "unknown user")
+        if known:
+            keys = [answer_key(snap.version, users[pos], p.k, p.candidates, p.exclude_seen) for pos in known]
+            hits = await self.ctx.cache.get_many(keys)
+            misses = [pos for pos, hit in zip(known, hits, strict=True) if hit is None]
+            for pos, hit in zip(known, hits, strict=True):
+                if hit is not None:
+                    out[pos] = answer_json(users[pos], snap.version, "cache", None, p.k, p.candidates, hit)
+            if misses:
+                recs = await self._run(
+                    r.recommend,
+                    [users[pos] for pos in misses],
+                    p.k,
+                    p.candidates,
+                    exclude_seen=p.exclude_seen,
+                )
+                fresh: list[tuple[str, bytes]] = []
+                for pos, rec in zip(misses, recs, strict=True):
+                    if rec is None:  # has_user said yes: only possible with a bug in the retriever
+                        out[pos] = await self.fallback(snap, users[pos], p, "unknown user")
+                        continue
+                    body = items_json(rec)
+                    fresh.append(
+                        (answer_key(snap.version, users[pos], p.k, p.candidates, p.exclude_seen), body)
+                    )
+                    out[pos] = answer_json(users[pos], snap.version, "model", None, p.k, p.candidates, body)
+                await self.ctx.cache.set_many(fresh)
+        return [b for b in out if b is not None]
+
+    async def for_new_users(self, snap: Snapshot, new_users: Sequence[Any], p: Params) -> list[bytes]:
+        """Answers for users given as item lists: fold-in when the bundle allows it, else popularity.
+
+        Unknown item ids are ignored (items added after training are normal) and the ``reason`` says how
+        many; when none of a user's items is known, or the bundle has no fold-in arrays, the answer is the
+        popularity list with the reason. The given items are never recommended back (``exclude_seen``).
+        """
+        from hashrec.index.retriever import FoldInUnavailable
+
+        r = snap.retriever
+        out: list[bytes | None] = [None] * len(new_users)
+        try:
+            folded = await self._run(r.fold_in_detailed, [nu.items for nu in new_users])
+        except FoldInUnavailable as err:
+            return [await self.fallback(snap, nu.key, p, f"fold-in unavailable: {err}") for nu in new_users]
+        rows = [pos for pos, used in enumerate(folded.items) if len(used)]
+        for pos, used in enumerate(folded.items):
+            if not len(used):
+                out[pos] = await self.fallback(
+                    snap, new_users[pos].key, p, "none of the given items is known to the model"
+                )
+        if rows:
+            exclude = [folded.items[pos] for pos in rows] if p.exclude_seen else None
+            recs = await self._run(r.recommend_vectors, folded.z[rows], p.k, p.candidates, exclude=exclude)
+            for pos, rec in zip(rows, recs, strict=True):
+                dropped = folded.unknown[pos]
+                reason = f"{dropped} unknown item id(s) ignored" if dropped else None
+                out[pos] = answer_json(
+                    new_users[pos].key, snap.version, "model", reason, p.k, p.candidates, items_json(rec)
+                )
+        return [b for b in out if b is not None]

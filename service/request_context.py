@@ -1,0 +1,19 @@
+"""The current request's id, visible to every log record emitted while the request is handled."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+
+request_id_var: ContextVar[str | None] = ContextVar("hashrec_request_id", default=None)
+
+# Ids from clients are echoed into logs and headers: accept only short, printable, header-safe ones.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def accept_request_id(incoming: str | None) -> str:
+    """The client's X-Request-ID when it is safe to echo (1-128 of ``A-Za-z0-9._:-``), else a new uuid4 hex."""
+    if incoming and _SAFE_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex

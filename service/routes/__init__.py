@@ -1,0 +1,1 @@
+"""Thin route modules: parse and validate the request, call the service logic, shape the answer."""

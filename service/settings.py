@@ -1,0 +1,129 @@
+"""Service settings: every option is an environment variable with the ``HASHREC_`` prefix.
+
+Validated once, at start-up (``Settings()`` raises a ``pydantic.ValidationError`` naming the field), so a
+typo in a deployment fails the process before it accepts traffic instead of on the first request.
+
+Examples: ``HASHREC_BUNDLES=/bundles``, ``HASHREC_REDIS_URL=redis://redis:6379/0``,
+``HASHREC_ADMIN_TOKEN=...``, ``HASHREC_MAX_K=200``. ``hashrec serve`` flags override the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CacheBackend = Literal["auto", "redis", "memory", "none"]
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Defaults suit one process per container."""
+
+    model_config = SettingsConfigDict(env_prefix="HASHREC_", extra="ignore", frozen=True)
+
+    # -- bundle -----------------------------------------------------------------------------------------
+    bundles: Path = Field(description="bundles directory (BUNDLES/<version>/, BUNDLES/current -> <version>)")
+    bundle_version: str | None = Field(
+        default=None, description="version to serve at start-up; default: whatever `current` points to"
+    )
+
+    # -- HTTP -------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn processes (1 per container is usual)")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
+    access_log: bool = Field(default=True, description="one JSON log line per request")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # -- answers ----------------------------------------------------------------------------------------
+    default_k: int = Field(default=20, ge=1)
+    max_k: int = Field(default=200, ge=1)
+    default_candidates: int = Field(default=500, ge=1, description="Hamming recall size C")
+    max_candidates: int = Field(default=5000, ge=1)
+    unknown_user: Literal["popular", "404"] = Field(
+        default="popular", description="unknown user ids: popularity fallback (marked) or 404"
+    )
+    max_batch_users: int = Field(default=1000, ge=1, description="users per POST /recommend")
+    max_items_per_user: int = Field(default=1000, ge=1, description="items given for one new user")
+    max_export_users: int = Field(default=1_000_000, ge=1, description="explicit users per export request")
+    export_batch: int = Field(default=512, ge=1, le=100_000, description="users computed per export step")
+
+    # -- compute ----------------------------------------------------------------------------------------
+    compute_threads: int = Field(
+        default_factory=_default_threads,
+        ge=1,
+        le=256,
+        description="threads running model calls (FAISS releases the GIL); each uses one BLAS/OpenMP thread",
+    )
+
+    # -- cache ------------------------------------------------------------------------------------------
+    cache: CacheBackend = Field(
+        default="auto", description="auto: Redis when redis_url is set, else the in-process LRU"
+    )
+    redis_url: str | None = None
+    cache_ttl_s: float = Field(default=300.0, gt=0)
+    cache_size: int = Field(default=100_000, ge=1, description="entries in the in-process LRU")
+    redis_timeout_s: float = Field(default=0.05, gt=0, le=10, description="socket + connect timeout")
+    redis_pool_size: int = Field(default=32, ge=1)
+    breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open the breaker")
+    breaker_reset_s: float = Field(default=5.0, gt=0, description="seconds open before one trial call")
+
+    # -- admin ------------------------------------------------------------------------------------------
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token of POST /admin/reload; unset = endpoint disabled"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or v.get_secret_value() == "":
+            return None
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (a guessable token is worse than none)")
+        return v
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        if self.default_candidates > self.max_candidates:
+            raise ValueError(
+                f"default_candidates ({self.default_candidates}) must be <= max_candidates ({self.max_candidates})"
+            )
+        if self.cache == "redis" and self.redis_url is None:
+            raise ValueError("cache=redis needs redis_url (HASHREC_REDIS_URL)")
+        return self
+
+    @property
+    def cache_backend(self) -> Literal["redis", "memory", "none"]:
+        """The cache actually used: ``auto`` resolves to Redis when a URL is set, else the in-process LRU."""
+        if self.cache == "auto":
+            return "redis" if self.redis_url else "memory"
+        return self.cache
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``HASHREC_*`` variables (for uvicorn worker processes, which re-read them)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"HASHREC_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
