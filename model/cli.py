@@ -115,6 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_cmd_synth)
     register_train(sub)
+    from hashrec.model.evaluate_cli import add_evaluate_parser  # cheap: argparse only
+
+    add_evaluate_parser(sub)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
