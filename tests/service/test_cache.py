@@ -1,0 +1,111 @@
+"""Cache layer: LRU with TTL, the circuit breaker's state machine, and RedisCache against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hashrec.service.cache import CircuitBreaker, LruCache, RedisCache, answer_key
+from hashrec.service.metrics import ServiceMetrics
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_answer_key_changes_with_every_parameter() -> None:
+    base = answer_key("v1", "u", 20, 500, True)
+    variants = {
+        answer_key("v2", "u", 20, 500, True),
+        answer_key("v1", "w", 20, 500, True),
+        answer_key("v1", "u", 10, 500, True),
+        answer_key("v1", "u", 20, 400, True),
+        answer_key("v1", "u", 20, 500, False),
+    }
+    assert base not in variants and len(variants) == 5
+
+
+def test_lru_ttl_and_eviction() -> None:
+    clock = FakeClock()
+    m = ServiceMetrics()
+    c = LruCache(max_entries=2, ttl_s=10, metrics=m, clock=clock)
+
+    async def run() -> None:
+        await c.set_many([("a", b"1"), ("b", b"2")])
+        assert await c.get_many(["a", "b", "x"]) == [b"1", b"2", None]
+        await c.get_many(["a"])  # a is now most recent
+        await c.set_many([("c", b"3")])  # evicts b
+        assert await c.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
+        clock.t += 11
+        assert await c.get_many(["a", "c"]) == [None, None]
+        assert len(c) == 0
+
+    asyncio.run(run())
+    assert (
+        m.registry.get_sample_value(
+            "hashrec_cache_requests_total", {"backend": "memory", "op": "get", "result": "hit"}
+        )
+        == 5
+    )
+
+
+def test_breaker_opens_half_opens_and_closes() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(failures=3, reset_s=5, clock=clock)
+    assert b.allow() and b.state == "closed"
+    assert not b.failure() and not b.failure()
+    assert b.failure()  # third consecutive failure opens
+    assert b.state == "open" and not b.allow()
+    clock.t += 5
+    assert b.state == "half_open"
+    assert b.allow()  # one trial...
+    assert not b.allow()  # ...at a time
+    assert b.failure()  # a failed trial re-opens at once
+    assert b.state == "open"
+    clock.t += 5
+    assert b.allow()
+    b.success()
+    assert b.state == "closed" and b.allow()
+
+
+def test_breaker_success_resets_the_count() -> None:
+    b = CircuitBreaker(failures=2, reset_s=5, clock=FakeClock())
+    b.failure()
+    b.success()
+    assert not b.failure()  # only one consecutive failure since the success
+    assert b.state == "closed"
+
+
+def test_redis_cache_round_trip_and_breaker_on_dead_redis(redis_server) -> None:  # type: ignore[no-untyped-def]
+    m = ServiceMetrics()
+
+    async def run() -> None:
+        cache = RedisCache(
+            redis_server.url, ttl_s=30, timeout_s=0.05, pool_size=4, breaker=CircuitBreaker(3, 60), metrics=m
+        )
+        await cache.set_many([("k1", b"v1")])
+        assert await cache.get_many(["k1", "k2"]) == [b"v1", None]
+        redis_server.stop()
+        t0 = time.perf_counter()
+        for _ in range(3):  # three failures open the breaker
+            assert await cache.get_many(["k1"]) == [None]
+        assert cache.breaker.state == "open"
+        # with the breaker open no call touches Redis: 200 look-ups cost next to nothing
+        t1 = time.perf_counter()
+        for _ in range(200):
+            assert await cache.get_many(["k1"]) == [None]
+            await cache.set_many([("k1", b"v")])
+        assert time.perf_counter() - t1 < 0.1
+        assert time.perf_counter() - t0 < 2.0
+        await cache.close()
+
+    asyncio.run(run())
+    get = {"backend": "redis", "op": "get"}
+    assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "hit"}) == 1
+    assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "error"}) == 3
+    assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "skipped"}) == 200
+    assert m.registry.get_sample_value("hashrec_cache_breaker_open") == 1
