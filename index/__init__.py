@@ -7,7 +7,12 @@ Public API (imports are lazy-free but light: faiss is loaded on first use of the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+# faiss's loader logs three INFO lines about CPU-specific builds it tries on every import; they are noise
+# in CLI output (the build it loads dispatches to AVX2/AVX-512 at run time anyway)
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 __all__ = [
     "Bundle",

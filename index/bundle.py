@@ -303,7 +303,10 @@ def _load_version(vdir: Path, *, verify_checksums: bool, mmap: bool) -> Bundle:
         raise BundleError(
             f"{ipath}: index holds {index.ntotal} codes of {index.d} bits, manifest says {counts['items']} of {bits}"
         )
-    user_z, item_z = (np.asarray(arrs[n], dtype=np.float32) for n in ("user_z", "item_z"))
+    # float16 storage is converted once here (served as float32); float32 stays memory-mapped
+    user_z, item_z = (
+        a if a.dtype == np.float32 else a.astype(np.float32) for a in (arrs["user_z"], arrs["item_z"])
+    )
     return Bundle(
         path=vdir,
         version=str(manifest["version"]),

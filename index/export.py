@@ -249,61 +249,43 @@ def prune(bundles_dir: str | Path, keep: int) -> list[str]:
     return doomed
 
 
-def read_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, FoldIn | None]:
-    """``embeddings.npz`` of a run (docs/architecture.md): user_z, item_z and the optional fold-in arrays."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            missing = {"user_z", "item_z"} - keys
-            if missing:
-                raise BundleError(f"{path}: missing array(s) {', '.join(sorted(missing))}")
-            user_z, item_z = z["user_z"], z["item_z"]
-            foldin = None
-            fkeys = {"foldin_item", "foldin_weight", "foldin_bias", "foldin_power"}
-            if fkeys <= keys:
-                foldin = FoldIn(
-                    z["foldin_item"], z["foldin_weight"], z["foldin_bias"], float(z["foldin_power"])
-                )
-            elif fkeys & keys:
-                log.warning(
-                    "%s: incomplete fold-in arrays (%s); exporting without fold-in",
-                    path,
-                    sorted(fkeys & keys),
-                )
-    except FileNotFoundError as err:
-        raise BundleError(f"{path}: missing (train the model first)") from err
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{path}: not a readable .npz file ({err})") from err
-    return user_z, item_z, foldin
-
-
 def export_run(run_dir: str | Path, bundles_dir: str | Path, **kw: Any) -> Path:
     """Export a training run (RUN_DIR/dataset, embeddings.npz, optional eval.json) as a new bundle.
 
-    ``kw`` goes to :func:`build_bundle` (index_type, index_params, keep, dtype, model_version, ...). The model
-    version defaults to the run directory's name plus the embeddings' sha256 prefix.
+    Reads the run with :func:`hashrec.model.run.load_run` (which validates config, dataset and embeddings;
+    its RunError names the broken file). ``kw`` goes to :func:`build_bundle` (index_type, index_params,
+    keep, dtype, model_version, ...). The model version defaults to the run directory's name plus the
+    embeddings' sha256 prefix. The manifest's metrics are ``eval.json`` (when present) and the last
+    validation record of ``metrics.jsonl``.
     """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise BundleError(f"{run}: no such run directory")
-    dataset = Dataset.load(run / "dataset")
-    emb = run / "embeddings.npz"
-    user_z, item_z, foldin = read_embeddings(emb)
+    from hashrec.model.run import load_run
+
+    run = load_run(run_dir)
+    emb = run.path / "embeddings.npz"
+    foldin = None
+    fkeys = {"foldin_item", "foldin_weight", "foldin_bias", "foldin_power"}
+    if fkeys <= set(run.foldin):
+        f = run.foldin
+        foldin = FoldIn(f["foldin_item"], f["foldin_weight"], f["foldin_bias"], float(f["foldin_power"]))
+    elif run.foldin:
+        log.warning("%s: incomplete fold-in arrays %s; exporting without fold-in", emb, sorted(run.foldin))
     metrics: dict[str, Any] = {}
-    ev = run / "eval.json"
+    ev = run.path / "eval.json"
     if ev.is_file():
         try:
-            metrics = json.loads(ev.read_text())
+            metrics["eval"] = json.loads(ev.read_text())
         except ValueError as err:
             raise BundleError(f"{ev}: not valid JSON ({err})") from err
-    kw.setdefault("model_version", f"{run.resolve().name}@{sha256_file(emb)[:12]}")
+    if run.metrics:
+        metrics["last_epoch"] = run.metrics[-1]
+    kw.setdefault("model_version", f"{run.path.resolve().name}@{sha256_file(emb)[:12]}")
     kw.setdefault("foldin", foldin)
     return build_bundle(
         bundles_dir,
-        user_z=user_z,
-        item_z=item_z,
-        dataset=dataset,
+        user_z=run.user_z,
+        item_z=run.item_z,
+        dataset=run.dataset,
         metrics=metrics,
-        extra={"run_dir": str(run.resolve())},
+        extra={"run_dir": str(run.path.resolve())},
         **kw,
     )
