@@ -370,10 +370,16 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_recall_vs_c(results: Sequence[tuple[str, dict[str, Any]]], path: str | Path) -> Path:
+def plot_recall_vs_c(
+    results: Sequence[tuple[str, dict[str, Any]]],
+    path: str | Path,
+    refs: Sequence[tuple[str, float]] = (),
+    title: str | None = None,
+) -> Path:
     """Recall@k against C (hierarchical, log x axis), with continuous and Hamming as horizontal lines.
 
-    ``results`` is a list of (label, evaluate result); one colour per result.
+    ``results`` is a list of (label, evaluate result), one colour per result; ``refs`` adds grey
+    horizontal reference lines (label, Recall@k), e.g. baselines.
     """
     import matplotlib
 
@@ -396,8 +402,18 @@ def plot_recall_vs_c(results: Sequence[tuple[str, dict[str, Any]]], path: str | 
         )
         ax.axhline(cont["recall"], color=color, ls="--", lw=1, label=f"{prefix}continuous")
         ax.axhline(ham["recall"], color=color, ls=":", lw=1, label=f"{prefix}Hamming only")
+    for j, (label, value) in enumerate(refs):
+        ax.axhline(value, color="0.4", ls=["-.", (0, (1, 3)), "--"][j % 3], lw=1, label=label)
     k = results[0][1]["k"] if results else 20
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_xscale("log")
+    ticks = sorted(
+        {r["candidates"] for _, res in results for r in res["rows"] if r["mode"] == "hierarchical"}
+    )
+    if ticks:  # label the measured C values themselves, not powers of ten
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
     ax.set_xlabel("C (Hamming candidates re-ranked)")
     ax.set_ylabel(f"Recall@{k}")
     ax.grid(True, which="both", alpha=0.3)
