@@ -58,6 +58,8 @@ class EvalConfig:
             validation: for model selection, never the test set).
         batch_size: users per batch (memory ~ ``batch_size * n_items * 8`` bytes per stage).
         progress: show a tqdm bar on stderr.
+        index_type: FAISS binary index of the recall stage: ``flat`` (exact, the default) or an approximate
+            ``ivf`` / ``hnsw`` with its default parameters, to measure the end-to-end effect of the index.
     """
 
     k: int = 20
@@ -65,6 +67,7 @@ class EvalConfig:
     split: Literal["test", "valid"] = "test"
     batch_size: int = 1024
     progress: bool = True
+    index_type: str = "flat"
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -78,6 +81,8 @@ class EvalConfig:
             raise ValueError(f"split: expected test or valid, got {self.split!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
+        if self.index_type not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"index_type: expected flat, ivf or hnsw, got {self.index_type!r}")
 
 
 def parse_candidates(text: str) -> tuple[int, ...]:
@@ -105,12 +110,14 @@ def parse_candidates(text: str) -> tuple[int, ...]:
 class _Stages:
     """The Retriever's Hamming recall stage and re-rank stage (the serving code path), on in-memory arrays."""
 
-    def __init__(self, user_z: np.ndarray, item_z: np.ndarray, known: sp.csr_matrix, threads: int) -> None:
+    def __init__(
+        self, user_z: np.ndarray, item_z: np.ndarray, known: sp.csr_matrix, threads: int, index_type: str
+    ) -> None:
         from hashrec.index.retriever import Retriever
 
         # seen = the masked items: the Retriever excludes a user's seen items in its recall stage, exactly
         # as the service does (exclude_seen=True)
-        self.retriever = Retriever.from_arrays(user_z, item_z, known, threads=threads)
+        self.retriever = Retriever.from_arrays(user_z, item_z, known, threads=threads, index_type=index_type)
         self.user_z = user_z
 
     def hamming(self, users: np.ndarray, c: int) -> np.ndarray:
@@ -168,6 +175,7 @@ def rank_all_modes(
     batch_size: int = 1024,
     progress: bool = False,
     threads: int | None = None,
+    index_type: str = "flat",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Top-``k`` lists of the given users in every mode, and the seconds spent per stage.
 
@@ -175,7 +183,8 @@ def rank_all_modes(
         (tops, timing): ``tops`` maps ``"continuous"``, ``"hamming"`` and ``"hierarchical@C"`` (each C of
         ``candidates``, clipped to the number of items) to int64 [len(users), k] item ids (``-1`` = empty
         slot); ``timing`` has ``continuous_s``, ``hamming_stage_s`` and ``rerank_s`` (per C).
-        ``threads`` is the FAISS thread count of the recall stage (default: all cores).
+        ``threads`` is the FAISS thread count of the recall stage (default: all cores); ``index_type`` its
+        FAISS index (``flat`` = exact).
     """
     import os
 
@@ -187,7 +196,7 @@ def rank_all_modes(
     cont = topk_by_score(user_z, item_z, k, mask_csr=known, users=users, batch_size=batch_size)
     t_cont = time.perf_counter() - t0
 
-    stages = _Stages(user_z, item_z, known, threads)
+    stages = _Stages(user_z, item_z, known, threads, index_type)
     ham = np.empty((len(users), k), dtype=np.int64)
     hier = {c: np.empty((len(users), k), dtype=np.int64) for c in cs}
     t_ham = 0.0
@@ -251,7 +260,15 @@ def evaluate_arrays(
     )
     t0 = time.perf_counter()
     tops, timing = rank_all_modes(
-        user_z, item_z, known, users, k, cfg.candidates, batch_size=cfg.batch_size, progress=cfg.progress
+        user_z,
+        item_z,
+        known,
+        users,
+        k,
+        cfg.candidates,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        index_type=cfg.index_type,
     )
     t_rank = time.perf_counter() - t0
     t = truth[users]
@@ -280,6 +297,7 @@ def evaluate_arrays(
         "bits": int(user_z.shape[1]),
         "k": k,
         "split": cfg.split,
+        "index_type": cfg.index_type,
         "protocol": "all-item ranking, known items masked, LightGCN Recall@K / NDCG@K (IDCG over min(|test|, K))",
         "hamming_tie_rule": HAMMING_TIE_RULE,
         "rerank_tie_rule": RERANK_TIE_RULE,
@@ -441,7 +459,8 @@ def write_reports(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
     md.write_text(
         f"# Evaluation of {rd.name}\n\n"
         f"Split: {result['split']}, {result['users']:,} users x {result['items']:,} items, "
-        f"{result['bits']}-bit codes. {result['protocol']}.\n\n"
+        f"{result['bits']}-bit codes, Hamming stage on a FAISS {result.get('index_type', 'flat')} index. "
+        f"{result['protocol']}.\n\n"
         f"{markdown_table(result)}\n\n"
         f"Hamming ties: {result['hamming_tie_rule']}; re-rank ties: {result['rerank_tie_rule']}.\n"
         f"Time: continuous {t['continuous_s']} s, Hamming stage {t['hamming_stage_s']} s (C = "

@@ -26,6 +26,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             split=args.split,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            index_type=args.index,
         )
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -66,5 +67,11 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "--split", default="test", choices=["test", "valid"], help="test (default) or valid (model selection)"
     )
     ev.add_argument("--batch-size", type=int, default=1024, help="users per batch (default 1024)")
+    ev.add_argument(
+        "--index",
+        default="flat",
+        choices=["flat", "ivf", "hnsw"],
+        help="FAISS binary index of the Hamming stage: flat (exact, default) or approximate ivf / hnsw",
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)

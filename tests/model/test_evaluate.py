@@ -104,9 +104,22 @@ def test_hamming_and_hierarchical_match_brute_force(run_dir: Path, synth_dataset
 
 
 def test_valid_split_writes_separate_reports(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["evaluate", str(run_dir), "--split", "valid", "--no-progress", "--candidates", "50"]) == 0
+    argv = [
+        "evaluate",
+        str(run_dir),
+        "--split",
+        "valid",
+        "--no-progress",
+        "--candidates",
+        "50",
+        "--index",
+        "ivf",
+    ]
+    assert main(argv) == 0
     assert "| hierarchical | 50 |" in capsys.readouterr().out
-    assert json.loads((run_dir / "eval_valid.json").read_text())["split"] == "valid"
+    saved = json.loads((run_dir / "eval_valid.json").read_text())
+    assert saved["split"] == "valid" and saved["index_type"] == "ivf"
+    assert "FAISS ivf index" in (run_dir / "eval_valid.md").read_text()
 
 
 def test_bad_input_is_refused_with_a_clear_message(
