@@ -328,7 +328,9 @@ def render_markdown(payload: dict[str, Any], plot_rel: str | None) -> str:
         "## Recommendation quality (issue 3)",
         "",
         f"Command: `{payload['command']}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. Date: {m['date']}.  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}. Date: {m['date']}. "
+        f"Load average (1, 5, 15 min) at start {payload['load_average']['start']}, at end "
+        f"{payload['load_average']['end']}: the machine is shared, times are wall times under that load.  ",
         f"Dataset: {payload['dataset']} ({payload['users']:,} test users x {payload['items']:,} items), "
         "all-item ranking, train + validation items masked, LightGCN Recall@K / NDCG@K "
         "(binary relevance, IDCG over min(|test|, K) ideal hits). Hamming ties: smaller distance, then "
@@ -342,7 +344,7 @@ def render_markdown(payload: dict[str, Any], plot_rel: str | None) -> str:
         "",
     ]
     if not payload["runs"]:
-        lines += ["No trained run was given (`--runs` or `--train`): baselines only.", ""]
+        lines += ["No trained run was given (`--runs` or `--train`): baselines only."]
     for r in payload["runs"]:
         done = (
             ""
@@ -391,11 +393,15 @@ def bench_quality(
     run's loading options) or, without runs, ``data`` loaded with the default options. Every run must have
     been trained on that same dataset (same fingerprint), otherwise DataError.
     """
+    import os
+
     from hashrec.bench.report import DOCS, machine_info, save_json, write_section
     from hashrec.model.data import DataConfig, DataError, Dataset, load_dataset
     from hashrec.model.evaluate import plot_recall_vs_c
 
     docs = docs or DOCS
+    # the machines are shared: record how busy this one was, since every time below depends on it
+    load_start = [round(x, 2) for x in os.getloadavg()]
     ds: Dataset
     if run_dirs:
         first = Dataset.load(run_dirs[0] / "dataset")
@@ -426,6 +432,7 @@ def bench_quality(
     }
     payload["targets"] = check_targets(runs, baselines)
     payload["machine"] = machine_info()
+    payload["load_average"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
     results_dir = docs / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     hashed = [(run_label(r), r["eval"]) for r in runs if not r.get("continuous")]
