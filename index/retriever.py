@@ -42,7 +42,7 @@ import scipy.sparse as sp
 
 from hashrec.model.data import IdMap
 
-from . import binary_index
+from . import binary_index, fastscan
 from .bundle import Bundle, FoldIn
 from .codes import check_bits, pack
 
@@ -84,10 +84,22 @@ class FoldInResult:
 class Retriever:
     """Answers top-k queries from one bundle version. See the module docstring for the semantics."""
 
-    def __init__(self, bundle: Bundle, *, threads: int = 1) -> None:
-        """Wrap a loaded bundle; ``threads`` is the FAISS thread count used by every search call (>= 1)."""
+    def __init__(self, bundle: Bundle, *, threads: int = 1, scan: str = "auto") -> None:
+        """Wrap a loaded bundle.
+
+        Args:
+            threads: FAISS thread count used by every search call (>= 1).
+            scan: exact search of a flat bundle: ``auto`` (the compiled scan of :mod:`.fastscan` when it is
+                built, else FAISS), ``fast`` (require the compiled scan) or ``faiss`` (IndexBinaryFlat).
+                Both give identical answers; approximate index types always search their FAISS index.
+        """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if scan not in ("auto", "fast", "faiss"):
+            raise ValueError(f"scan must be auto, fast or faiss, got {scan!r}")
+        if scan == "fast" and not fastscan.available():
+            raise ValueError("scan='fast' needs the compiled extension hashrec.index._hamming (not built)")
+        self._fast = bundle.index_type == "flat" and scan != "faiss" and fastscan.available()
         self.bundle = bundle
         self.version = bundle.version
         self.threads = int(threads)
@@ -117,6 +129,7 @@ class Retriever:
         index_type: str = "flat",
         index_params: dict[str, Any] | None = None,
         threads: int = 1,
+        scan: str = "auto",
         version: str | None = None,
     ) -> Retriever:
         """An in-memory Retriever (no files): codes are ``sign(z)``; ids default to ``"0".."n-1"``.
@@ -166,7 +179,7 @@ class Retriever:
             foldin=foldin,
             item_codes=item_codes,
         )
-        return cls(bundle, threads=threads)
+        return cls(bundle, threads=threads, scan=scan)
 
     # -- lookups ---------------------------------------------------------------------------------------------
     def has_user(self, raw_id: str) -> bool:
@@ -416,17 +429,23 @@ class Retriever:
         if allow_idx is not None:
             return self._recall_subset(codes, width, exclude, allow_idx)
         if exclude is None:
-            return binary_index.search(self.bundle.index, codes, width)
+            return self._search(codes, width)
         dist = np.empty((n, width), np.int32)
         idx = np.empty((n, width), np.int64)
         for s in range(0, n, _ROW_CHUNK):
             ex = exclude[s : s + _ROW_CHUNK]
             # over-fetch by the largest exclusion in the chunk: the top `width` survivors are then exact
             kf = min(self._n_items, width + max((len(e) for e in ex), default=0))
-            d, i = binary_index.search(self.bundle.index, codes[s : s + _ROW_CHUNK], kf)
+            d, i = self._search(codes[s : s + _ROW_CHUNK], kf)
             keep = (i >= 0) & ~_excluded(i, ex, self._n_items)
             dist[s : s + len(ex)], idx[s : s + len(ex)] = _compact(d, i, keep, width, self._bits)
         return dist, idx
+
+    def _search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hamming top-k over all items: the compiled exact scan for flat bundles, else the FAISS index."""
+        if self._fast:
+            return fastscan.topk(self._item_codes, codes, k)
+        return binary_index.search(self.bundle.index, codes, k)
 
     def _recall_subset(
         self, codes: np.ndarray, width: int, exclude: list[np.ndarray] | None, allow_idx: np.ndarray

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from index_helpers import random_z
 
-from hashrec.index import FoldIn, FoldInUnavailable, Retriever
+from hashrec.index import FoldIn, FoldInUnavailable, Retriever, fastscan
 from hashrec.index.codes import hamming, pack
 from hashrec.index.quality import hamming_recall
 from hashrec.index.search import hamming_topc, rerank
@@ -43,6 +43,14 @@ def reference(
     return [int(x) for x in cand[order]], [float(s) for s in scores[order]], [int(x) for x in d[cand[order]]]
 
 
+@pytest.fixture(params=["faiss", "fast"])
+def scan(request: pytest.FixtureRequest) -> str:
+    """Both exact kernels of a flat bundle: FAISS's IndexBinaryFlat and the compiled scan."""
+    if request.param == "fast" and not fastscan.available():
+        pytest.skip("hashrec.index._hamming is not built")
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
     # clustered vectors: many equal codes and equal Hamming distances, so tie-breaking is exercised
@@ -62,9 +70,9 @@ def check(rec: object, ref: tuple[list[int], list[float], list[int]]) -> None:
 
 
 @pytest.mark.parametrize("k,c", [(1, 1), (10, 10), (10, 40), (20, 200), (30, 5)])
-def test_recommend_equals_reference_with_seen_and_deny(data: tuple, k: int, c: int) -> None:
+def test_recommend_equals_reference_with_seen_and_deny(data: tuple, k: int, c: int, scan: str) -> None:
     uz, iz, seen = data
-    r = Retriever.from_arrays(uz, iz, seen)
+    r = Retriever.from_arrays(uz, iz, seen, scan=scan)
     deny = {"3", "17", "250", "not-an-item"}
     recs = r.recommend([str(u) for u in range(N_USERS)], k, c, deny=deny)
     for u in range(N_USERS):
@@ -72,9 +80,9 @@ def test_recommend_equals_reference_with_seen_and_deny(data: tuple, k: int, c: i
         check(recs[u], reference(uz[u], iz, excluded, k, c))
 
 
-def test_recommend_without_exclusion_and_with_allow(data: tuple) -> None:
+def test_recommend_without_exclusion_and_with_allow(data: tuple, scan: str) -> None:
     uz, iz, seen = data
-    r = Retriever.from_arrays(uz, iz, seen)
+    r = Retriever.from_arrays(uz, iz, seen, scan=scan)
     recs = r.recommend([str(u) for u in range(N_USERS)], 10, 30, exclude_seen=False)
     for u in range(N_USERS):
         check(recs[u], reference(uz[u], iz, set(), 10, 30))
@@ -85,9 +93,9 @@ def test_recommend_without_exclusion_and_with_allow(data: tuple) -> None:
         check(recs[u], reference(uz[u], iz, excluded, 10, 30, allow=range(0, N_ITEMS, 3)))
 
 
-def test_stages_match_the_search_module(data: tuple) -> None:
+def test_stages_match_the_search_module(data: tuple, scan: str) -> None:
     uz, iz, seen = data
-    r = Retriever.from_arrays(uz, iz, seen)
+    r = Retriever.from_arrays(uz, iz, seen, scan=scan)
     users = np.arange(N_USERS)
     for c in (1, 50, N_ITEMS):
         dist, idx = r.recall_stage(users, c)
@@ -105,11 +113,11 @@ def test_stages_match_the_search_module(data: tuple) -> None:
         assert row not in idx[row]
 
 
-def test_k_larger_than_items_left_returns_what_is_left() -> None:
+def test_k_larger_than_items_left_returns_what_is_left(scan: str) -> None:
     uz, iz = random_z(3, 8, 5), random_z(30, 8, 6)
     seen = sp.lil_matrix((3, 30))
     seen[0, :25] = 1  # user 0 has seen 25 of 30 items
-    r = Retriever.from_arrays(uz, iz, seen.tocsr())
+    r = Retriever.from_arrays(uz, iz, seen.tocsr(), scan=scan)
     recs = r.recommend(["0", "1"], 50, 10)
     assert sorted(int(x) for x in recs[0].items) == [25, 26, 27, 28, 29]  # type: ignore[union-attr]
     assert len(recs[1].items) == 30  # type: ignore[union-attr]
@@ -169,9 +177,9 @@ def test_popular_fallback(data: tuple) -> None:
     assert r.popular(5, allow={"7"}).items == ["7"]
 
 
-def test_concurrent_threads_get_the_same_answers(data: tuple) -> None:
+def test_concurrent_threads_get_the_same_answers(data: tuple, scan: str) -> None:
     uz, iz, seen = data
-    r = Retriever.from_arrays(uz, iz, seen, threads=1)
+    r = Retriever.from_arrays(uz, iz, seen, threads=1, scan=scan)
     users = [str(u) for u in range(N_USERS)]
     expected = r.recommend(users, 10, 50)
     failures: list[str] = []

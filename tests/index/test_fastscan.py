@@ -1,0 +1,66 @@
+"""The compiled exact Hamming scan gives FAISS IndexBinaryFlat's answer, ties included, for any code length."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from hashrec.index import fastscan
+from hashrec.index.codes import hamming
+
+pytestmark = pytest.mark.skipif(not fastscan.available(), reason="hashrec.index._hamming is not built")
+
+
+def clustered_codes(n: int, bits: int, seed: int) -> np.ndarray:
+    """Packed codes drawn around few centres: many duplicate codes and equal distances (ties)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2, (8, bits), dtype=np.uint8)
+    flips = rng.random((n, bits)) < 0.1
+    bits_ = centres[rng.integers(0, 8, n)] ^ flips.astype(np.uint8)
+    return np.packbits(bits_, axis=1, bitorder="little")
+
+
+@pytest.mark.parametrize("bits", [8, 24, 32, 64, 128, 136])
+@pytest.mark.parametrize("k", [1, 7, 100, 3000])
+def test_equals_faiss_flat_and_numpy(bits: int, k: int) -> None:
+    codes = clustered_codes(3000, bits, bits)
+    queries = clustered_codes(20, bits, bits + 1)
+    index = faiss.IndexBinaryFlat(bits)
+    index.add(codes)
+    fd, fi = index.search(queries, k)
+    d, i = fastscan.topk(codes, queries, k)
+    np.testing.assert_array_equal(d, fd)
+    np.testing.assert_array_equal(i, fi)
+    # and the numpy reference: sorted by (distance, id)
+    ref = hamming(queries, codes).astype(np.int64)
+    order = np.argsort(ref * len(codes) + np.arange(len(codes)), axis=1)[:, :k]
+    np.testing.assert_array_equal(i, order)
+
+
+def test_all_codes_identical_and_tiny_inputs() -> None:
+    codes = np.zeros((5000, 8), np.uint8)  # every item ties: ids must come out in order
+    d, i = fastscan.topk(codes, np.zeros((3, 8), np.uint8), 10)
+    assert (d == 0).all() and (i == np.arange(10)).all()
+    d, i = fastscan.topk(codes[:3], np.full((1, 8), 255, np.uint8), 10)  # k clipped to n
+    assert i.tolist() == [[0, 1, 2]] and d.tolist() == [[64, 64, 64]]
+
+
+def test_threshold_rescan_path() -> None:
+    """When the sampled threshold admits fewer than k items, the query is rescanned and stays exact."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (50_000, 8), dtype=np.uint8)
+    q = rng.integers(0, 256, (1, 8), dtype=np.uint8)
+    # every sampled code (stride 3) equals the query: the estimate says "distance 0 suffices", but only
+    # 16,667 items are at distance 0 and k is 20,000
+    codes[::3] = q
+    d, i = fastscan.topk(codes, q, 20_000)
+    ref = hamming(q, codes).astype(np.int64)[0]
+    order = np.argsort(ref * len(codes) + np.arange(len(codes)))[:20_000]
+    np.testing.assert_array_equal(i[0], order)
+    assert (d[0, :16_667] == 0).all() and d[0, 16_667] > 0
+
+
+def test_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="equal widths"):
+        fastscan.topk(np.zeros((4, 8), np.uint8), np.zeros((1, 4), np.uint8), 2)
