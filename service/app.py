@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from hashrec import __version__
 
+from .batcher import MicroBatcher
 from .cache import make_cache
 from .context import ServiceContext
 from .errors import install_error_handlers
@@ -87,10 +88,17 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
             pool_size=settings.redis_pool_size,
             breaker_failures=settings.breaker_failures,
             breaker_reset_s=settings.breaker_reset_s,
+            near_entries=settings.near_cache_size,
             metrics=metrics,
         )
         executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="hashrec-model")
-        app.state.ctx = ServiceContext(settings, metrics, state, cache, executor)
+
+        def observe_batch(seconds: float, size: int) -> None:
+            metrics.stage.labels("model").observe(seconds)
+            metrics.batch_size.observe(size)
+
+        batcher = MicroBatcher(executor, max_inflight=settings.compute_threads, observe=observe_batch)
+        app.state.ctx = ServiceContext(settings, metrics, state, cache, executor, batcher)
         log.info(
             "serving bundle %s (%s, %d items, %d bits), cache %s, %d compute threads",
             snap.version,

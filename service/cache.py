@@ -322,6 +322,57 @@ class RedisCache:
         return {"backend": self.backend, "breaker": self.breaker.state, "last_error": self._last_error}
 
 
+class TieredCache:
+    """A small in-process LRU ("near cache") in front of Redis.
+
+    Safe without invalidation: a key names the bundle version and every parameter, and the answer for a key
+    never changes, so an entry can only be evicted, never stale. Hot keys are then answered without a
+    network round trip; Redis still shares answers between processes and replicas and survives restarts.
+    """
+
+    backend = "redis"
+
+    def __init__(self, near: LruCache, far: RedisCache) -> None:
+        self.near = near
+        self.far = far
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Near hits first; the misses from Redis (which then also fill the near cache)."""
+        out = await self.near.get_many(keys)
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            far = await self.far.get_many([keys[i] for i in missing])
+            found: list[tuple[str, bytes]] = []
+            for i, v in zip(missing, far, strict=True):
+                if v is not None:
+                    out[i] = v
+                    found.append((keys[i], v))
+            if found:
+                await self.near.set_many(found)
+        return out
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write to both levels."""
+        await self.near.set_many(items)
+        await self.far.set_many(items)
+
+    async def clear(self) -> None:
+        """Drop the near entries (free memory on reload); Redis entries of old versions expire."""
+        await self.near.clear()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now."""
+        return await self.far.ping()
+
+    async def close(self) -> None:
+        """Close the Redis pool."""
+        await self.far.close()
+
+    def state(self) -> dict[str, object]:
+        """Redis state plus the near cache's size."""
+        return {**self.far.state(), "near": self.near.state()}
+
+
 def make_cache(
     backend: str,
     *,
@@ -332,14 +383,19 @@ def make_cache(
     pool_size: int,
     breaker_failures: int,
     breaker_reset_s: float,
+    near_entries: int = 0,
     metrics: ServiceMetrics | None = None,
 ) -> AnswerCache:
-    """Build the configured cache (``redis``, ``memory`` or ``none``)."""
+    """Build the configured cache (``redis``, ``memory`` or ``none``); ``near_entries`` > 0 puts an
+    in-process LRU of that size in front of Redis."""
     if backend == "redis":
         if not redis_url:
             raise ValueError("redis cache needs a redis_url")
         breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
-        return RedisCache(redis_url, ttl_s, timeout_s, pool_size, breaker, metrics)
+        far = RedisCache(redis_url, ttl_s, timeout_s, pool_size, breaker, metrics)
+        if near_entries > 0:
+            return TieredCache(LruCache(near_entries, ttl_s, metrics), far)
+        return far
     if backend == "memory":
         return LruCache(max_entries, ttl_s, metrics)
     if backend == "none":

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .batcher import MicroBatcher
 from .cache import AnswerCache
 from .errors import ApiError
 from .metrics import ServiceMetrics
@@ -25,6 +26,7 @@ class ServiceContext:
     state: ServingState
     cache: AnswerCache
     executor: ThreadPoolExecutor
+    batcher: MicroBatcher
     started: float = field(default_factory=time.monotonic)
 
     def snapshot(self) -> Snapshot:
@@ -35,8 +37,12 @@ class ServiceContext:
         return snap
 
 
-def get_context(request: Request) -> ServiceContext:
-    """FastAPI dependency: the app's ServiceContext (set by the lifespan)."""
+async def get_context(request: Request) -> ServiceContext:
+    """FastAPI dependency: the app's ServiceContext (set by the lifespan).
+
+    ``async`` on purpose: FastAPI runs plain ``def`` dependencies in a worker thread, a thread hand-off per
+    request for a dictionary look-up.
+    """
     ctx: ServiceContext = request.app.state.ctx
     return ctx
 

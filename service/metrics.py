@@ -62,6 +62,12 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "hashrec_model_batch_users",
+            "Users per Retriever call (concurrent requests are micro-batched into one call)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.cache = Counter(
             "hashrec_cache_requests",
             "Cache look-ups and writes by backend and result (hit, miss, error, skipped = breaker open)",

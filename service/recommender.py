@@ -145,12 +145,12 @@ class Recommender:
                 if hit is not None:
                     out[pos] = answer_json(users[pos], snap.version, "cache", None, p.k, p.candidates, hit)
             if misses:
-                recs = await self._run(
-                    r.recommend,
-                    [users[pos] for pos in misses],
-                    p.k,
-                    p.candidates,
-                    exclude_seen=p.exclude_seen,
+                # one future per user; the batcher merges concurrent requests into shared Retriever calls
+                recs = await asyncio.gather(
+                    *(
+                        self.ctx.batcher.recommend(snap, users[pos], p.k, p.candidates, p.exclude_seen)
+                        for pos in misses
+                    )
                 )
                 fresh: list[tuple[str, bytes]] = []
                 for pos, rec in zip(misses, recs, strict=True):

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     cache_ttl_s: float = Field(default=300.0, gt=0)
     cache_size: int = Field(default=100_000, ge=1, description="entries in the in-process LRU")
+    near_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="entries of the in-process LRU kept in front of Redis (0 = every hit goes to Redis)",
+    )
     redis_timeout_s: float = Field(default=0.05, gt=0, le=10, description="socket + connect timeout")
     redis_pool_size: int = Field(default=32, ge=1)
     breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open the breaker")

@@ -101,6 +101,12 @@ class ServerProcess:
         if hasattr(self, "_log"):
             self._log.close()
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def log_tail(self, n: int = 4000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n:]

@@ -22,6 +22,7 @@ def redis_served(bundles: Path, redis_server, tmp_path: Path) -> Iterator[Server
         HASHREC_REDIS_URL=redis_server.url,
         HASHREC_BREAKER_RESET_S="0.5",
         HASHREC_REDIS_TIMEOUT_S="0.05",
+        HASHREC_NEAR_CACHE_SIZE="0",  # every hit goes to Redis: these tests are about Redis itself
     ).start()
     try:
         yield srv
@@ -97,3 +98,30 @@ def test_stalled_redis_costs_bounded_time(
             redis_server.proc.send_signal(signal.SIGCONT)
     # at most a few requests pay the 50 ms timeout (twice: get and set) before the breaker opens
     assert total < 1.5, total
+
+
+def test_near_cache_in_front_of_redis(
+    bundles: Path, redis_server, tmp_path: Path, synth_dataset: Dataset
+) -> None:  # type: ignore[no-untyped-def]
+    """Default set-up: hot answers from the in-process near cache, shared ones from Redis."""
+    users = [str(u) for u in synth_dataset.users.raw[300:320]]
+    env = {"HASHREC_REDIS_URL": redis_server.url, "HASHREC_NEAR_CACHE_SIZE": "100"}
+    with (
+        ServerProcess(bundles, tmp_path / "a.log", **env).start() as a,
+        ServerProcess(bundles, tmp_path / "b.log", **env).start() as b,
+    ):
+        first = httpx.get(f"{a.url}/recommend/{users[0]}").json()
+        assert first["source"] == "model"
+        # another process finds the answer in Redis (shared), then in its own near cache
+        from_b = httpx.get(f"{b.url}/recommend/{users[0]}").json()
+        assert from_b["source"] == "cache" and from_b["items"] == first["items"]
+        r = redis.Redis.from_url(redis_server.url)
+        assert len(r.keys("hashrec:ans:v1:*")) == 1
+        r.close()
+        redis_server.stop()
+        # Redis gone: near-cache hits still answer from the cache, new questions from the model
+        assert httpx.get(f"{a.url}/recommend/{users[0]}").json()["source"] == "cache"
+        assert httpx.get(f"{b.url}/recommend/{users[0]}").json()["source"] == "cache"
+        for u in users[1:]:
+            resp = httpx.get(f"{a.url}/recommend/{u}")
+            assert resp.status_code == 200 and resp.json()["source"] == "model"
