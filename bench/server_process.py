@@ -1,0 +1,289 @@
+"""Real processes for load and fault runs: ``hashrec serve`` on a free port, a private ``redis-server``,
+and bundles of random embeddings (no training needed).
+
+Used by ``hashrec bench fuzz|faults|soak`` and by ``tests/reliability``. Everything binds 127.0.0.1 only.
+
+    srv = ServerProcess(bundles, log_path=Path("server.log"), env={"HASHREC_REDIS_URL": redis.url}).start()
+    ...
+    srv.stop()          # SIGTERM, then SIGKILL after a grace period
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HASHREC = str(Path(sys.executable).parent / "hashrec")
+ADMIN_TOKEN = "reliability-admin-token-0123456789"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux ``/proc/<pid>/status`` VmRSS); 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class ServerProcess:
+    """A ``hashrec serve`` subprocess on 127.0.0.1 and a free port; ``start`` waits for ``/readyz``.
+
+    ``env`` adds or overrides ``HASHREC_*`` variables (for example the Redis URL or the admin token).
+    The access log is off unless asked for: under load it costs the server CPU that the measurement needs.
+    """
+
+    def __init__(
+        self,
+        bundles: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        compute_threads: int = 2,
+        access_log: bool = False,
+    ) -> None:
+        self.bundles = Path(bundles)
+        self.port = free_port()
+        self.log_path = Path(log_path)
+        self.env = {
+            **os.environ,
+            "HASHREC_BUNDLES": str(self.bundles),
+            "HASHREC_HOST": "127.0.0.1",
+            "HASHREC_PORT": str(self.port),
+            "HASHREC_COMPUTE_THREADS": str(compute_threads),
+            "HASHREC_ACCESS_LOG": "true" if access_log else "false",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, no trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (``hashrec serve`` runs uvicorn in-process with one worker)."""
+        assert self.proc is not None, "server not started"
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        """Start and wait until ``/readyz`` answers 200; raises RuntimeError with the log tail otherwise."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
+        self.proc = subprocess.Popen(
+            [HASHREC, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1.0) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not become ready in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the server process (SIGTERM for a graceful shutdown test)."""
+        assert self.proc is not None, "server not started"
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; returns its exit code (raises TimeoutExpired)."""
+        assert self.proc is not None, "server not started"
+        return self.proc.wait(timeout=timeout)
+
+    def rss(self) -> int:
+        """The server's resident memory in bytes."""
+        return rss_bytes(self.pid)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The last ``n`` characters of the server's log (for error messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def log_text(self) -> str:
+        """The whole server log so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class RedisProcess:
+    """A private ``redis-server`` on a free port (no persistence; ``DEBUG`` enabled for ``DEBUG SLEEP``)."""
+
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError(
+                "redis-server is not installed (apt-get install redis-server, or `make redis`)"
+            )
+        self.exe = exe
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.extra_args = list(extra_args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        """Start (or restart on the same port) and wait until it answers PING."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir), "--enable-debug-command", "local", *self.extra_args]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.command("PING", timeout=0.2) == "PONG":
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def command(self, *args: str, timeout: float = 2.0) -> str | None:
+        """Send one command (RESP) and return the first reply line without its type byte; None on error."""
+        return redis_command(self.port, *args, timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGKILL (a crash, not a clean shutdown); idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0) -> str | None:
+    """One Redis command over a raw socket: the first reply line without its type byte, None on failure.
+
+    A tiny client on purpose: fault scripts must reach Redis even when the service's client library is the
+    thing under test, and ``DEBUG SLEEP`` blocks the connection it is sent on.
+    """
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(payload)
+            data = b""
+            while not data.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    return line[1:] if line else None
+
+
+def make_random_bundle(
+    bundles: Path,
+    n_users: int,
+    n_items: int,
+    bits: int = 64,
+    seed: int = 0,
+    seen_per_user: int = 20,
+    foldin: bool = True,
+) -> Path:
+    """Publish a bundle of random (clustered) embeddings; users/items are named ``u<i>``/``i<j>``.
+
+    For load and fault runs that need a realistic size without a trained model: the service's work per
+    request depends on the sizes (users, items, bits, C), not on the embeddings' quality.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    from hashrec.index.bundle import FoldIn
+    from hashrec.index.export import build_bundle
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((32, bits))
+
+    def z(n: int) -> np.ndarray:
+        x = centres[rng.integers(0, len(centres), n)] + 0.7 * rng.standard_normal((n, bits))
+        return np.tanh(x).astype(np.float32)
+
+    rows = np.repeat(np.arange(n_users), seen_per_user)
+    cols = rng.integers(0, n_items, n_users * seen_per_user)
+    seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    seen.data[:] = 1.0
+    fi = None
+    if foldin:
+        d = 16
+        fi = FoldIn(
+            item=rng.standard_normal((n_items, d)).astype(np.float32),
+            weight=rng.standard_normal((bits, d)).astype(np.float32),
+            bias=(0.1 * rng.standard_normal(bits)).astype(np.float32),
+            power=0.5,
+        )
+    return build_bundle(
+        bundles,
+        user_z=z(n_users),
+        item_z=z(n_items),
+        seen=seen,
+        user_ids=[f"u{i}" for i in range(n_users)],
+        item_ids=[f"i{j}" for j in range(n_items)],
+        foldin=fi,
+        model_version=f"random-seed{seed}",
+        keep=10,
+    )
+
+
+def expected_answers(
+    bundles: Path, versions: list[str], users: list[str], k: int, candidates: int, exclude_seen: bool = True
+) -> dict[str, dict[str, list[str]]]:
+    """The Retriever's own answers (item ids) per bundle version and user: the only answers a load run may
+    accept (a response whose items differ from its version's answer is wrong or mixed-version)."""
+    from hashrec.index.bundle import load_bundle
+    from hashrec.index.retriever import Retriever
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for v in versions:
+        r = Retriever(load_bundle(Path(bundles) / v), threads=1)
+        recs = r.recommend(users, k, max(k, candidates), exclude_seen=exclude_seen)
+        out[v] = {u: list(rec.items) for u, rec in zip(users, recs, strict=True) if rec is not None}
+    return out
