@@ -70,7 +70,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         def observe(stage: str, seconds: float) -> None:
             metrics.stage.labels(stage).observe(seconds)
 
-        state = ServingState(settings.bundles, threads=1, observe=observe)
+        state = ServingState(settings.bundles, threads=1, observe=observe, mmap=settings.bundle_mmap)
         if snapshot is not None:
             snapshot.retriever.observe = observe
             state.snapshot = snapshot

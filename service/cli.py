@@ -60,7 +60,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Load (and fully validate) the bundle before uvicorn starts: a missing or corrupt bundle must stop the
     # process with the file and the reason, not a half-started server.
     try:
-        snapshot = ServingState(settings.bundles).load_initial(settings.bundle_version)
+        snapshot = ServingState(settings.bundles, mmap=settings.bundle_mmap).load_initial(
+            settings.bundle_version
+        )
     except BundleLoadError as err:
         log.error("cannot serve: %s", err)
         return 2

@@ -3,15 +3,23 @@
 Fields: ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``, ``msg``, ``request_id`` when the
 record was emitted while handling a request, any ``extra={...}`` fields passed to the logger, and ``exc``
 (the formatted traceback) for exceptions.
+
+Writing happens in a background thread (:class:`BackgroundWriter`): the request path only stamps the
+record with its request id and puts it on a queue; the writer formats what has queued up and writes it in
+one system call. A write and flush per access-log line on the event loop cost about a tenth of the CPU of
+a request. At exit the queue is drained, so no line is lost on a clean shutdown.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import json
 import logging
+import queue
 import sys
-from typing import Any
+import threading
+from typing import Any, TextIO
 
 from .request_context import request_id_var
 
@@ -30,10 +38,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = request_id_var.get()
+        rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid is not None:
             out["request_id"] = rid
         for key, value in record.__dict__.items():
+            if key == "request_id":
+                continue
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
@@ -41,9 +51,66 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class BackgroundWriter(logging.Handler):
+    """A handler that queues records and writes them, JSON-formatted, from a daemon thread in batches."""
+
+    def __init__(self, stream: TextIO, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.stream = stream
+        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hashrec-log-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Stamp the request id (a context variable of the caller's thread) and queue the record."""
+        # (exc_info stays on the record: the writer formats the traceback from it)
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        # resolve %-arguments now: they may be mutable objects that change before the writer runs
+        record.msg = record.getMessage()
+        record.args = None
+        self._queue.put(record)
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            batch = [record]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            stop = False
+            for rec in batch:
+                if rec is None:
+                    stop = True
+                    continue
+                try:
+                    lines.append(self.format(rec))
+                except Exception:  # a bad record must not kill the writer
+                    lines.append(json.dumps({"level": "ERROR", "msg": "unformattable log record"}))
+            if lines:
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr closed: nothing left to tell
+            if stop:
+                return
+
+    def close(self) -> None:
+        """Write what is queued and stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+        super().close()
+
+
 def setup_json_logging(level: str = "INFO") -> None:
     """Send every logger (ours, uvicorn's) to stderr as JSON lines at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BackgroundWriter(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         default=None, description="version to serve at start-up; default: whatever `current` points to"
     )
 
+    bundle_mmap: bool = Field(
+        default=False,
+        description="memory-map the bundle's arrays instead of reading them into memory: for bundles "
+        "larger than RAM or shared by many workers; reading is faster per request (no memmap indexing)",
+    )
+
     # -- HTTP -------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -89,7 +89,11 @@ def _timed_retriever_class() -> type:
 
 
 def load_snapshot(
-    bundles_dir: Path, version: str | None = None, threads: int = 1, observe: Observer | None = None
+    bundles_dir: Path,
+    version: str | None = None,
+    threads: int = 1,
+    observe: Observer | None = None,
+    mmap: bool = False,
 ) -> Snapshot:
     """Load, validate and smoke-test one bundle version (``None`` = the ``current`` link).
 
@@ -103,7 +107,7 @@ def load_snapshot(
     try:
         # a version must be a direct child of the bundles directory: never a path of the client's choosing
         path = resolve_bundle_dir(bundles_dir / version if version else bundles_dir)
-        bundle = load_bundle(path)
+        bundle = load_bundle(path, mmap=mmap)
         retriever = _timed_retriever_class()(bundle, threads=threads)
         retriever.observe = observe
     except BundleError as err:
@@ -148,16 +152,19 @@ def load_snapshot(
 class ServingState:
     """Holds the current snapshot; ``reload`` swaps a new one in atomically (one reload at a time)."""
 
-    def __init__(self, bundles_dir: Path, threads: int = 1, observe: Observer | None = None) -> None:
+    def __init__(
+        self, bundles_dir: Path, threads: int = 1, observe: Observer | None = None, mmap: bool = False
+    ) -> None:
         self.bundles_dir = bundles_dir
         self.threads = threads
         self.observe = observe
+        self.mmap = mmap
         self.snapshot: Snapshot | None = None
         self._reload_lock = asyncio.Lock()
 
     def load_initial(self, version: str | None = None) -> Snapshot:
         """Load the start-up bundle (blocking; called before the server accepts requests)."""
-        self.snapshot = load_snapshot(self.bundles_dir, version, self.threads, self.observe)
+        self.snapshot = load_snapshot(self.bundles_dir, version, self.threads, self.observe, self.mmap)
         return self.snapshot
 
     async def reload(self, version: str | None = None) -> tuple[Snapshot | None, Snapshot]:
@@ -167,7 +174,7 @@ class ServingState:
         """
         async with self._reload_lock:
             new = await asyncio.to_thread(
-                load_snapshot, self.bundles_dir, version, self.threads, self.observe
+                load_snapshot, self.bundles_dir, version, self.threads, self.observe, self.mmap
             )
             old = self.snapshot
             self.snapshot = new  # the swap: one reference assignment on the event loop

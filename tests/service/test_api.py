@@ -199,3 +199,21 @@ def test_unknown_user_404_mode(bundles: Path, tmp_path: Path) -> None:
         assert r.status_code == 404 and r.json()["error"]["field"] == "body.users[1]"
     finally:
         srv.stop()
+
+
+def test_json_access_log_carries_the_request_id(client: httpx.Client, server: ServerProcess) -> None:
+    import json
+    import time
+
+    client.get("/recommend/u000", headers={"X-Request-ID": "log-check-42"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in server.log_tail(200_000).splitlines() if x.startswith("{")]
+        hit = [x for x in lines if x.get("request_id") == "log-check-42"]
+        if hit:
+            break
+        time.sleep(0.05)
+    assert hit, "no log line with the request id"
+    line = hit[-1]
+    assert line["logger"] == "hashrec.access" and line["status"] == 200 and line["path"] == "/recommend/u000"
+    assert {"ts", "level", "msg", "ms", "method"} <= set(line)
