@@ -348,7 +348,7 @@ class Retriever:
         q = np.asarray(user_idx_or_signs)
         if q.ndim == 1 and q.dtype.kind in "iu":
             u = q.astype(np.int64)
-            codes = self.bundle.user_codes[u]
+            codes = np.take(self.bundle.user_codes, u, axis=0)
             excl = [self.seen_items(int(x)) for x in u] if exclude_seen else None
         elif q.ndim == 2 and q.shape[1] == self._bits:
             codes = pack(q.astype(np.float32))
@@ -456,7 +456,7 @@ class Retriever:
         idx = np.full((n, width), -1, np.int64)
         if m == 0:
             return dist, idx
-        sub = np.asarray(self._item_codes[allow_idx])
+        sub = np.take(self._item_codes, allow_idx, axis=0)
         rows = max(1, _SUBSET_BYTES // max(1, m * sub.shape[1]))
         for s in range(0, n, rows):
             q = codes[s : s + rows]
@@ -484,12 +484,30 @@ class Retriever:
         k = min(k, c)
         empty = cand < 0
         safe = np.where(empty, 0, cand)
-        gathered = np.asarray(self.bundle.item_z[safe.ravel()], dtype=np.float32).reshape(n, c, -1)
+        # np.take, not fancy indexing: ~3x faster for a gather of rows (no generic index machinery)
+        gathered = np.take(self.bundle.item_z, safe.ravel(), axis=0).reshape(n, c, -1)
+        if gathered.dtype != np.float32:
+            gathered = gathered.astype(np.float32)
         # einsum without `optimize` runs numpy's own loops: no BLAS, so no BLAS thread pool to manage
         scores = np.einsum("ncd,nd->nc", gathered, user_z).astype(np.float32)
         scores[empty] = -np.inf
         tie = np.where(empty, np.iinfo(np.int64).max, safe)
-        pos = np.lexsort((tie, -scores), axis=1)[:, :k]
+        neg = -scores
+        if k < c:
+            # partial selection (O(C)) instead of sorting all C; the rows where the k-th score also occurs
+            # outside the selection (a tie across the boundary) are redone with a full (score, id) sort
+            pos = np.argpartition(neg, k - 1, axis=1)[:, :k]
+            sel = np.take_along_axis(neg, pos, axis=1)
+            kth = sel.max(axis=1, keepdims=True)
+            split = (neg == kth).sum(axis=1) != (sel == kth).sum(axis=1)
+            for r in np.flatnonzero(split):
+                pos[r] = np.lexsort((tie[r], neg[r]))[:k]
+            order = np.lexsort(
+                (np.take_along_axis(tie, pos, axis=1), np.take_along_axis(neg, pos, axis=1)), axis=1
+            )
+            pos = np.take_along_axis(pos, order, axis=1)
+        else:
+            pos = np.lexsort((tie, neg), axis=1)
         return (
             np.take_along_axis(scores, pos, axis=1),
             np.take_along_axis(cand, pos, axis=1),
