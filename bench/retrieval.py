@@ -634,6 +634,7 @@ def _cmd(args: argparse.Namespace) -> int:
         "repeats": repeats,
         "blas": blas,
         "scan_kernel": fastscan.kernel(),
+        "run": args.run,
         "scaling": [],
     }
     t_all = time.perf_counter()
@@ -653,7 +654,7 @@ def _cmd(args: argparse.Namespace) -> int:
             h, _ = binary_index.build_index(pack(d["item_z"]), "hnsw", None)
             out["binary_hnsw_bytes_per_item"] = binary_index.memory_bytes(h) / n
         del d
-    g = _gowalla(GOWALLA_RUN, repeats)
+    g = _gowalla(Path(args.run), repeats)
     if g is not None:
         out["gowalla"] = g
     out["seconds"] = time.perf_counter() - t_all
@@ -693,4 +694,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--large", action="store_true", help="add 10M items to the scaling (minutes, ~4 GB RAM)")
     p.add_argument("--queries", type=int, default=100, help="single queries per method (default 100)")
     p.add_argument("--repeats", type=int, default=5, help="batch repeats per method (default 5)")
+    p.add_argument(
+        "--run",
+        default=str(GOWALLA_RUN),
+        help="trained run for the overlap@20 table (default runs/gowalla-default; skipped when absent)",
+    )
     p.set_defaults(func=_cmd)
