@@ -46,18 +46,29 @@ class MicroBatcher:
         self._queues: OrderedDict[BatchKey, tuple[Any, list[tuple[str, asyncio.Future[Any]]]]] = OrderedDict()
         self._inflight = 0
 
-    async def recommend(self, snap: Any, user: str, k: int, candidates: int, exclude_seen: bool) -> Any:
-        """The Retriever's ``Recommendation`` (or None for an unknown user) for one user, batched."""
+    def submit(
+        self, snap: Any, users: list[str], k: int, candidates: int, exclude_seen: bool
+    ) -> list[asyncio.Future[Any]]:
+        """Queue users; one future per user resolves to the Retriever's ``Recommendation`` (None = unknown).
+
+        Plain futures, not tasks: awaiting them in order costs nothing extra (``asyncio.gather`` would wrap
+        each in a task).
+        """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        futs: list[asyncio.Future[Any]] = [loop.create_future() for _ in users]
         key: BatchKey = (id(snap), k, candidates, exclude_seen)
         entry = self._queues.get(key)
         if entry is None:
             # the snapshot object rides along with its queue: it stays alive until the batch is answered
-            self._queues[key] = (snap, [(user, fut)])
-        else:
-            entry[1].append((user, fut))
+            entry = (snap, [])
+            self._queues[key] = entry
+        entry[1].extend(zip(users, futs, strict=True))
         self._dispatch(loop)
+        return futs
+
+    async def recommend(self, snap: Any, user: str, k: int, candidates: int, exclude_seen: bool) -> Any:
+        """The Retriever's ``Recommendation`` (or None for an unknown user) for one user, batched."""
+        (fut,) = self.submit(snap, [user], k, candidates, exclude_seen)
         return await fut
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
