@@ -2,12 +2,13 @@
 
 # No `from __future__ import annotations` here: the routes are closures over `settings`, and FastAPI
 # must evaluate their annotations (Query limits) where they are defined.
-from typing import Annotated
+import re
+from typing import Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..context import Ctx
+from ..context import Ctx, ServiceContext
 from ..errors import ApiError, error_doc
 from ..recommender import Recommender
 from ..schemas import ID_PATTERN, BatchRequest, BatchResponse, Recommendation
@@ -23,30 +24,22 @@ def build_router(settings: Settings) -> APIRouter:
         response_model=Recommendation,
         summary="Top-k items for one user",
         responses=error_doc(404, 422),
+        openapi_extra={"parameters": _get_parameters(settings)},
     )
-    async def recommend_one(
-        ctx: Ctx,
-        user_id: Annotated[
-            str,
-            Path(
-                min_length=1, max_length=256, pattern=ID_PATTERN, description="raw user id", examples=["42"]
-            ),
-        ],
-        k: Annotated[int | None, Query(ge=1, le=settings.max_k, description="items to return")] = None,
-        candidates: Annotated[
-            int | None,
-            Query(
-                ge=1, le=settings.max_candidates, description="Hamming recall size C (raised to k if smaller)"
-            ),
-        ] = None,
-        exclude_seen: Annotated[
-            bool, Query(description="drop items the user already interacted with")
-        ] = True,
-    ) -> Response:
+    async def recommend_one(request: Request) -> Response:
         """Hamming top-C recall, continuous re-rank, top-k; from the cache when this exact question was
         answered for this bundle version before. Unknown users get the popularity list (``source:
         popular``) or 404, as configured.
         """
+        # Parameters are parsed here rather than declared to FastAPI: this is the hottest route, and FastAPI's
+        # per-parameter resolution cost about as much CPU as a cache hit. Same rules, same error shape; the
+        # OpenAPI schema documents them through `openapi_extra` (see _get_parameters).
+        ctx: ServiceContext = request.app.state.ctx
+        user_id = _user_id(request.path_params["user_id"])
+        qp = request.query_params
+        k = _int_query(qp, "k", settings.max_k)
+        candidates = _int_query(qp, "candidates", settings.max_candidates)
+        exclude_seen = _bool_query(qp, "exclude_seen", default=True)
         rec = Recommender(ctx)
         p = rec.params(k, candidates, exclude_seen, "query")
         snap = ctx.snapshot()
@@ -92,6 +85,86 @@ def build_router(settings: Settings) -> APIRouter:
         return Response(head + b",".join(parts) + b"]}", media_type="application/json")
 
     return router
+
+
+_ID_RE = re.compile(ID_PATTERN)
+_INT_RE = re.compile(r"^[+-]?\d{1,9}$")
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_parameter", f"{field}: {message}", field)
+
+
+def _user_id(raw: str) -> str:
+    if not 1 <= len(raw) <= 256:
+        raise _invalid("path.user_id", f"must be 1 to 256 characters, got {len(raw)}")
+    if not _ID_RE.match(raw):
+        raise _invalid("path.user_id", "must not contain control characters")
+    return raw
+
+
+def _int_query(qp: Any, name: str, hi: int) -> int | None:
+    raw = qp.get(name)
+    if raw is None:
+        return None
+    if not _INT_RE.match(raw):
+        raise _invalid(f"query.{name}", f"must be an integer, got {raw[:40]!r}")
+    value = int(raw)
+    if not 1 <= value <= hi:
+        raise _invalid(f"query.{name}", f"must be between 1 and {hi}, got {value}")
+    return value
+
+
+def _bool_query(qp: Any, name: str, default: bool) -> bool:
+    raw = qp.get(name)
+    if raw is None:
+        return default
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise _invalid(f"query.{name}", f"must be true or false, got {raw[:40]!r}")
+
+
+def _get_parameters(settings: Settings) -> list[dict[str, Any]]:
+    """OpenAPI parameters of GET /recommend/{user_id} (parsed by hand, so documented by hand)."""
+    return [
+        {
+            "name": "user_id",
+            "in": "path",
+            "required": True,
+            "description": "raw user id (1-256 characters, no control characters)",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": ID_PATTERN},
+            "example": "42",
+        },
+        {
+            "name": "k",
+            "in": "query",
+            "required": False,
+            "description": f"items to return (default {settings.default_k})",
+            "schema": {"type": "integer", "minimum": 1, "maximum": settings.max_k},
+            "example": 20,
+        },
+        {
+            "name": "candidates",
+            "in": "query",
+            "required": False,
+            "description": f"Hamming recall size C, raised to k if smaller (default {settings.default_candidates})",
+            "schema": {"type": "integer", "minimum": 1, "maximum": settings.max_candidates},
+            "example": 500,
+        },
+        {
+            "name": "exclude_seen",
+            "in": "query",
+            "required": False,
+            "description": "drop items the user already interacted with",
+            "schema": {"type": "boolean", "default": True},
+            "example": True,
+        },
+    ]
 
 
 def _json_str(s: str) -> bytes:

@@ -177,6 +177,14 @@ def test_openapi_documents_every_endpoint_with_examples(client: httpx.Client) ->
         assert method in paths[path], (path, method)
         op = paths[path][method]
         assert op.get("summary") and "200" in op["responses"]
+    params = paths["/recommend/{user_id}"]["get"]["parameters"]
+    assert [(x["name"], x["in"]) for x in params] == [
+        ("user_id", "path"),
+        ("k", "query"),
+        ("candidates", "query"),
+        ("exclude_seen", "query"),
+    ]
+    assert params[1]["schema"]["maximum"] == 200 and params[2]["schema"]["maximum"] == 5000
     schemas = spec["components"]["schemas"]
     assert "examples" in schemas["Recommendation"] and "examples" in schemas["BatchRequest"]
     assert "ErrorResponse" in schemas

@@ -16,6 +16,16 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
     ("GET", "/recommend/u000", {"params": {"k": 0}}, 422, "invalid_parameter", "query.k"),
     ("GET", "/recommend/u000", {"params": {"k": 201}}, 422, "invalid_parameter", "query.k"),
     ("GET", "/recommend/u000", {"params": {"k": "ten"}}, 422, "invalid_parameter", "query.k"),
+    ("GET", "/recommend/u000", {"params": {"k": "1_0"}}, 422, "invalid_parameter", "query.k"),
+    (
+        "GET",
+        "/recommend/u000",
+        {"params": {"k": "99999999999999999999"}},
+        422,
+        "invalid_parameter",
+        "query.k",
+    ),
+    ("GET", "/recommend/u000", {"params": {"k": ""}}, 422, "invalid_parameter", "query.k"),
     ("GET", "/recommend/u000", {"params": {"candidates": 0}}, 422, "invalid_parameter", "query.candidates"),
     (
         "GET",
