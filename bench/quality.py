@@ -183,7 +183,7 @@ def run_baselines(ds: Any, k: int, svd_dim: int) -> list[dict[str, Any]]:
             f"truncated SVD ({svd_dim}-d)",
             top,
             time.perf_counter() - t0,
-            "continuous, R~ V V^T; time = factorisation + scoring",
+            "R~_u V V^T D_i^{1/2} (GF-CF ideal low-pass); time = factorisation + scoring",
         )
     return out
 

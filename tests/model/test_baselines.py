@@ -66,11 +66,16 @@ def test_item_filter_matches_dense_reference(seed: int) -> None:
 
 def test_svd_embeddings_reconstruct_projection() -> None:
     r = random_binary(30, 20, 0.3, 3)
-    u, v = svd_embeddings(r, 5)
-    assert u.shape == (30, 5) and v.shape == (20, 5)
+    u, w = svd_embeddings(r, 5)
+    assert u.shape == (30, 5) and w.shape == (20, 5)
+    di = r.toarray().sum(axis=0)
+    v = w / np.sqrt(np.maximum(di, 1e-12))[:, None]
     np.testing.assert_allclose(v.T @ v, np.eye(5), atol=1e-4)  # orthonormal right singular vectors
     rn = normalized_interactions(r).toarray()
     np.testing.assert_allclose(u, rn @ v, atol=1e-5)
+    # the top-5 right singular vectors span the best rank-5 approximation of R~
+    s = np.linalg.svd(rn, compute_uv=False)
+    np.testing.assert_allclose(np.linalg.norm(rn @ v), np.sqrt((s[:5] ** 2).sum()), rtol=1e-4)
     with pytest.raises(ValueError, match="dim"):
         svd_embeddings(r, 20)
 
