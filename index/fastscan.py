@@ -56,6 +56,9 @@ def topk(codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np
     idx = np.empty((nq, max(k, 0)), np.int64)
     if nq == 0 or k <= 0:
         return dist, idx
+    if nq <= _CHUNK:  # one call straight into the outputs (the common serving case: no copies)
+        _hamming.topk(codes, nb, queries, k, dist, idx)
+        return dist, idx
     for s in range(0, nq, _CHUNK):
         q = queries[s : s + _CHUNK]
         d = np.empty((len(q), k), np.int32)

@@ -526,6 +526,12 @@ def _check_k(k: int, candidates: int) -> tuple[int, int]:
 def _excluded(idx: np.ndarray, exclude: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     """Boolean mask [rows, w]: idx[r, j] is in exclude[r] (each sorted). One searchsorted for all rows."""
     rows = idx.shape[0]
+    if rows == 1:  # one user (the serving case): a plain searchsorted, no row keys
+        e = np.asarray(exclude[0], dtype=np.int64)
+        if not len(e):
+            return np.zeros(idx.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(e, idx[0]), len(e) - 1)
+        return (e[pos] == idx[0])[None, :]
     lens = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=rows)
     if lens.sum() == 0:
         return np.zeros(idx.shape, dtype=bool)
@@ -541,6 +547,13 @@ def _compact(
     dist: np.ndarray, idx: np.ndarray, keep: np.ndarray, width: int, bits: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep the first ``width`` kept entries of each row, in order; pad with (-1, bits + 1)."""
+    if dist.shape[0] == 1:  # one row: index the survivors directly instead of a stable argsort
+        sel = np.flatnonzero(keep[0])[:width]
+        d1 = np.full((1, width), bits + 1, np.int32)
+        i1 = np.full((1, width), -1, np.int64)
+        d1[0, : len(sel)] = dist[0, sel]
+        i1[0, : len(sel)] = idx[0, sel]
+        return d1, i1
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
     d = np.take_along_axis(dist, order, axis=1)
     i = np.take_along_axis(idx, order, axis=1)

@@ -78,6 +78,8 @@ def test_recommend_equals_reference_with_seen_and_deny(data: tuple, k: int, c: i
     for u in range(N_USERS):
         excluded = set(seen[u].indices) | {3, 17, 250}
         check(recs[u], reference(uz[u], iz, excluded, k, c))
+        # one user at a time takes the single-row paths of exclusion and compaction: same answer
+        assert r.recommend([str(u)], k, c, deny=deny)[0] == recs[u]
 
 
 def test_recommend_without_exclusion_and_with_allow(data: tuple, scan: str) -> None:
