@@ -94,6 +94,12 @@ class HttpError(Exception):
     """A transport-level failure (reset, refused, truncated body, timeout)."""
 
 
+NOT_ANSWERED = "closed before any answer byte"
+"""The error text of a request whose connection closed before a single byte of answer came back: the
+server never answered it (for example an idle keep-alive connection closed by a shutting-down server
+while the request was on its way), as opposed to a truncated answer, which is data lost."""
+
+
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     parts: list[bytes] = []
     while True:
@@ -117,7 +123,14 @@ async def http_exchange(
     try:
         writer.write(raw)
         await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as err:
+            if not err.partial:
+                raise HttpError(NOT_ANSWERED) from err
+            raise
+        except ConnectionResetError as err:
+            raise HttpError(NOT_ANSWERED + " (reset)") from err
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers: dict[str, str] = {}

@@ -1,0 +1,918 @@
+"""``hashrec bench faults``: the service under load while its world fails, every answer checked.
+
+Each scenario starts a real ``hashrec serve`` (and a private ``redis-server`` where it needs one), sends an
+open-loop load from a separate process (:mod:`hashrec.bench.loadgen`: every answer must be a 200 whose
+items are exactly the Retriever's answer for the version it names), injects one fault in the middle, and
+reports the three phases: *before* (normal), *during* (the fault), *after* (recovered)::
+
+    hashrec bench faults                          # all scenarios, ~4 min; docs/results/faults.json + docs/reliability.md
+    hashrec bench faults --only redis_killed,sigterm --phase-s 3
+
+Scenarios: ``redis_killed`` (SIGKILL, restarted on the same port), ``redis_stalled`` (SIGSTOP/SIGCONT),
+``redis_slow`` (back-to-back ``DEBUG SLEEP``), ``redis_flapping``, ``redis_full`` (``maxmemory`` with
+``noeviction``: every write refused), ``reload`` (hot reloads between two versions), ``corrupt_reload``
+(a bundle with a damaged file offered for reload), ``bundles_deleted`` (the bundles directory removed under
+the server), ``sigterm`` (graceful shutdown with requests and export streams in flight),
+``export_disconnect`` (a client drops an export stream: the server stops computing it),
+``export_killed`` (bundle export SIGKILLed mid-write: ``current`` intact).
+
+Redis scenarios run with the near cache off (``HASHREC_NEAR_CACHE_SIZE=0``) so that every request touches
+Redis: the hard case. "Data lost" is checked for what the service owns: answers (none wrong, none
+truncated), the served bundle (still loads and serves) and ``current`` (intact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .loadgen import NOT_ANSWERED, LoadSpec, Target, recommend_targets, sources, start_load, window_stats
+from .server_process import ADMIN_TOKEN, RedisProcess, ServerProcess, expected_answers, make_random_bundle
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = (
+    "control",
+    "redis_killed",
+    "redis_stalled",
+    "redis_slow",
+    "redis_flapping",
+    "redis_full",
+    "reload",
+    "corrupt_reload",
+    "bundles_deleted",
+    "sigterm",
+    "export_disconnect",
+    "export_killed",
+)
+
+
+@dataclass
+class FaultConfig:
+    """Sizes and timings of a fault run (the tests use small values, the benchmark larger ones)."""
+
+    n_users: int = 5000
+    n_items: int = 8000
+    bits: int = 64
+    rate: float = 150.0  # requests/s, open loop
+    connections: int = 32
+    phase_s: float = 4.0  # before / during / after each last this long
+    sample_users: int = 400  # users the load asks for (answers precomputed per version)
+    workdir: Path | None = None
+
+
+@dataclass
+class ScenarioResult:
+    """One row of the reliability table, plus the checks that decide pass/fail."""
+
+    scenario: str
+    load: str
+    requests: int = 0
+    failures: int = 0
+    p99_before_ms: float | None = None
+    p99_during_ms: float | None = None
+    p99_after_ms: float | None = None
+    data_lost: str = "none"
+    checks: dict[str, bool] = field(default_factory=dict)
+    notes: str = ""
+    errors: dict[str, int] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Every check held, no failed request, nothing lost."""
+        return self.failures == 0 and self.data_lost == "none" and all(self.checks.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (for docs/results/faults.json)."""
+        return {
+            "scenario": self.scenario,
+            "load": self.load,
+            "requests": self.requests,
+            "failures": self.failures,
+            "p99_before_ms": self.p99_before_ms,
+            "p99_during_ms": self.p99_during_ms,
+            "p99_after_ms": self.p99_after_ms,
+            "data_lost": self.data_lost,
+            "passed": self.passed,
+            "checks": self.checks,
+            "notes": self.notes,
+            "errors": self.errors,
+            "detail": self.detail,
+        }
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if m is None or m.group(1) != name:
+            continue
+        lab = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(lab.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``url``: (status, body); status 0 when the connection fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return 0, b""
+
+
+def http_post(
+    url: str, body: dict[str, Any] | None, token: str | None = None, timeout: float = 30.0
+) -> tuple[int, bytes]:
+    """POST JSON to ``url``: (status, body); status 0 when the connection fails."""
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return 0, b""
+
+
+class Harness:
+    """Shared set-up of one fault run: a bundles directory, sample users and their expected answers."""
+
+    def __init__(self, cfg: FaultConfig) -> None:
+        self.cfg = cfg
+        self.workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="hashrec-faults-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._n = 0
+
+    def fresh_bundles(self, versions: int = 1) -> tuple[Path, list[str]]:
+        """A new bundles directory with ``versions`` published versions (the last is ``current``)."""
+        self._n += 1
+        d = self.workdir / f"bundles{self._n}"
+        names = [
+            make_random_bundle(d, self.cfg.n_users, self.cfg.n_items, self.cfg.bits, seed=s).name
+            for s in range(versions)
+        ]
+        return d, names
+
+    def users(self) -> list[str]:
+        """The sample of users the load asks for (spread over the whole id range)."""
+        step = max(1, self.cfg.n_users // self.cfg.sample_users)
+        return [f"u{i}" for i in range(0, self.cfg.n_users, step)][: self.cfg.sample_users]
+
+    def server(self, bundles: Path, env: dict[str, str] | None = None, name: str = "server") -> ServerProcess:
+        """Start a server on ``bundles`` (admin token set, access log off)."""
+        self._n += 1
+        return ServerProcess(
+            bundles,
+            self.workdir / f"{name}{self._n}.log",
+            env={"HASHREC_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})},
+        ).start()
+
+    def redis(self) -> RedisProcess:
+        """A private redis-server."""
+        self._n += 1
+        return RedisProcess(self.workdir / f"redis{self._n}").start()
+
+    def targets(self) -> list[Target]:
+        """Half the requests over the sample users (mostly cache misses), half over 20 hot users (hits)."""
+        users = self.users()
+        cold = recommend_targets(users, k=20)
+        hot = recommend_targets(users[:20], k=20)
+        return [t for i, c in enumerate(cold) for t in (c, hot[i % len(hot)])]
+
+    def load_desc(self) -> str:
+        """The load column of the table."""
+        c = self.cfg
+        return (
+            f"{c.rate:.0f} req/s open loop, GET /recommend k=20, {c.sample_users} users (half on 20 hot ones)"
+        )
+
+
+def run_phased(
+    h: Harness,
+    srv: ServerProcess,
+    expected: dict[str, dict[str, list[str]]] | None,
+    fault_start: Callable[[], None],
+    fault_end: Callable[[], None],
+    targets: list[Target] | None = None,
+    settle_s: float = 0.5,
+) -> tuple[Any, dict[str, dict[str, Any]], dict[str, float]]:
+    """Load for 3 phases; ``fault_start`` at the start of *during*, ``fault_end`` at its end.
+
+    Returns (LoadResult, stats per phase, phase start times). The *during* statistics skip the first
+    ``settle_s`` seconds of the fault (the breaker's opening: a few requests may pay the Redis timeout
+    before it opens, by design) and are reported separately as ``during_all``.
+    """
+    c = h.cfg
+    targets = targets or h.targets()
+    warm = 1.0  # not counted: first connections, first misses
+    t0 = time.time() + 2.0 + warm  # the load process needs ~1 s to start (spawn + imports)
+    spec = LoadSpec(
+        port=srv.port,
+        targets=targets,
+        duration_s=warm + 3 * c.phase_s,
+        rate=c.rate,
+        connections=c.connections,
+        expected=expected,
+        start_at=t0 - warm,
+    )
+    handle = start_load(spec)
+    t_fault = t0 + c.phase_s
+    t_end_fault = t0 + 2 * c.phase_s
+    _sleep_until(t_fault)
+    fault_start()
+    _sleep_until(t_end_fault)
+    fault_end()
+    res = handle.result()
+    end = t0 + 3 * c.phase_s
+    stats = {
+        "before": window_stats(res, t0, t_fault),
+        "during": window_stats(res, t_fault + settle_s, t_end_fault),
+        "during_all": window_stats(res, t_fault, t_end_fault),
+        "after": window_stats(res, t_end_fault, end),
+        "all": window_stats(res, t0, end),
+    }
+    stats["sources_after"] = sources(res, t_end_fault, end)  # type: ignore[assignment]
+    return res, stats, {"t0": t0, "fault": t_fault, "end_fault": t_end_fault, "end": end}
+
+
+def _stopper(stop: threading.Event, t: threading.Thread) -> Callable[[], None]:
+    """A fault_end that stops a fault thread and waits for it."""
+
+    def end() -> None:
+        stop.set()
+        t.join(30)
+
+    return end
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _fill(result: ScenarioResult, stats: dict[str, dict[str, Any]]) -> None:
+    allp = stats["all"]
+    result.requests = allp["requests"]
+    result.failures = allp["failures"]
+    result.errors = allp["errors"]
+    result.p99_before_ms = stats["before"]["p99_ms"]
+    result.p99_during_ms = stats["during"]["p99_ms"]
+    result.p99_after_ms = stats["after"]["p99_ms"]
+    result.detail["phases"] = stats
+
+
+def _latency_check(stats: dict[str, dict[str, Any]], floor_ms: float = 5.0, q: str = "p99") -> bool:
+    """Latency (quantile ``q``) during the fault, after the breaker opened, within 2x of normal;
+    ``floor_ms`` keeps a millisecond baseline on a noisy shared machine from turning scheduling jitter
+    into a failure."""
+    before, during = stats["before"][f"{q}_ms"], stats["during"][f"{q}_ms"]
+    if before is None or during is None:
+        return False
+    return during <= 2.0 * max(before, floor_ms)
+
+
+# --------------------------------------------------------------------------------------------- Redis faults
+def _redis_scenario(
+    h: Harness, name: str, inject: Callable[[RedisProcess], Callable[[], None]], notes: str
+) -> ScenarioResult:
+    """Common body of the Redis scenarios; ``inject(redis)`` starts the fault and returns its undo."""
+    bundles, versions = h.fresh_bundles()
+    expected = expected_answers(bundles, versions, h.users(), 20, 500)
+    redis = h.redis()
+    srv = h.server(
+        bundles,
+        {
+            "HASHREC_REDIS_URL": redis.url,
+            "HASHREC_NEAR_CACHE_SIZE": "0",
+            "HASHREC_BREAKER_RESET_S": "2",  # one trial per 2 s: 0.5% of requests at 100/s
+            "HASHREC_REDIS_TIMEOUT_S": "0.05",
+        },
+    )
+    result = ScenarioResult(name, h.load_desc(), notes=notes)
+    undo: list[Callable[[], None]] = []
+    try:
+        _, before_metrics = http_get(srv.url + "/metrics")
+
+        def start() -> None:
+            undo.append(inject(redis))
+
+        def end() -> None:
+            undo.pop()()
+
+        _res, stats, times = run_phased(h, srv, expected, start, end)
+        _, metrics = http_get(srv.url + "/metrics")
+        text = metrics.decode()
+        redis_hits = metric_sum(text, "hashrec_cache_requests_total", backend="redis", op="get", result="hit")
+        errors = metric_sum(text, "hashrec_cache_requests_total", backend="redis", result="error")
+        skipped = metric_sum(text, "hashrec_cache_requests_total", backend="redis", result="skipped")
+        # "cache used again": answers served from Redis in the after phase
+        after_cache = stats["sources_after"].get("cache", 0)  # type: ignore[union-attr]
+        _fill(result, stats)
+        result.checks = {
+            "no failed request": stats["all"]["failures"] == 0,
+            "p99 within 2x of normal after the breaker opened": _latency_check(stats),
+            "p50 within 2x of normal after the breaker opened": _latency_check(stats, q="p50"),
+            "cache used again after recovery": after_cache > 0,
+            "cache failures counted": errors > 0,
+        }
+        result.detail.update(
+            redis_hits=redis_hits,
+            cache_errors=errors,
+            cache_skipped=skipped,
+            cache_answers_after=after_cache,
+            times=times,
+        )
+        del before_metrics
+    finally:
+        while undo:
+            undo.pop()()
+        srv.stop()
+        redis.stop()
+    return result
+
+
+def control(h: Harness) -> ScenarioResult:
+    """No fault at all (Redis up throughout): the noise floor of the three phases on this machine."""
+
+    def inject(r: RedisProcess) -> Callable[[], None]:
+        return lambda: None
+
+    res = _redis_scenario(h, "control", inject, "no fault: the machine's own noise between phases")
+    res.checks.pop("cache failures counted", None)
+    return res
+
+
+def redis_killed(h: Harness) -> ScenarioResult:
+    """Redis SIGKILLed during load, restarted (same port, empty) after one phase."""
+
+    def inject(r: RedisProcess) -> Callable[[], None]:
+        r.stop()
+
+        def undo() -> None:
+            r.start()
+
+        return undo
+
+    return _redis_scenario(h, "redis_killed", inject, "SIGKILL, restarted empty on the same port")
+
+
+def redis_stalled(h: Harness) -> ScenarioResult:
+    """Redis frozen (SIGSTOP): connections hang instead of failing; the breaker must cut the waits."""
+
+    def inject(r: RedisProcess) -> Callable[[], None]:
+        assert r.proc is not None
+        pid = r.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        return lambda: os.kill(pid, signal.SIGCONT)
+
+    return _redis_scenario(h, "redis_stalled", inject, "SIGSTOP for one phase, then SIGCONT")
+
+
+def redis_slow(h: Harness) -> ScenarioResult:
+    """Redis slowed: back-to-back ``DEBUG SLEEP 0.2`` (each blocks the whole server 200 ms)."""
+
+    def inject(r: RedisProcess) -> Callable[[], None]:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                r.command("DEBUG", "SLEEP", "0.2", timeout=2.0)
+                time.sleep(0.02)
+
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+
+        def undo() -> None:
+            stop.set()
+            t.join(timeout=5)
+
+        return undo
+
+    return _redis_scenario(h, "redis_slow", inject, "DEBUG SLEEP 0.2 back to back (Redis answers in ~200 ms)")
+
+
+def redis_flapping(h: Harness) -> ScenarioResult:
+    """Redis killed and restarted every 0.6 s for one phase."""
+
+    def inject(r: RedisProcess) -> Callable[[], None]:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                r.stop()
+                stop.wait(0.6)
+                r.start()
+                stop.wait(0.6)
+
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+
+        def undo() -> None:
+            stop.set()
+            t.join(timeout=15)
+            if r.command("PING", timeout=0.5) != "PONG":
+                r.start()
+
+        return undo
+
+    return _redis_scenario(h, "redis_flapping", inject, "killed/restarted every 0.6 s")
+
+
+def redis_full(h: Harness) -> ScenarioResult:
+    """Redis full: ``maxmemory 1`` with ``noeviction`` (every write answers OOM), then back to normal."""
+
+    def inject(r: RedisProcess) -> Callable[[], None]:
+        r.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        r.command("CONFIG", "SET", "maxmemory", "1")
+
+        def undo() -> None:
+            r.command("CONFIG", "SET", "maxmemory", "0")
+
+        return undo
+
+    res = _redis_scenario(h, "redis_full", inject, "maxmemory 1 byte, noeviction: every SET refused (OOM)")
+    return res
+
+
+# ------------------------------------------------------------------------------------------- bundle faults
+def reload_under_load(h: Harness) -> ScenarioResult:
+    """Hot reloads back and forth between two versions, every 0.4 s, for one phase."""
+    bundles, versions = h.fresh_bundles(versions=2)
+    expected = expected_answers(bundles, versions, h.users(), 20, 500)
+    srv = h.server(bundles)
+    result = ScenarioResult("reload", h.load_desc(), notes="hot reload between 2 versions every 0.4 s")
+    outcomes: list[int] = []
+    stop = threading.Event()
+    try:
+
+        def loop() -> None:
+            i = 0
+            while not stop.is_set():
+                st, _ = http_post(srv.url + "/admin/reload", {"version": versions[i % 2]}, ADMIN_TOKEN)
+                outcomes.append(st)
+                i += 1
+                stop.wait(0.4)
+
+        t = threading.Thread(target=loop, daemon=True)
+        res, stats, _ = run_phased(h, srv, expected, t.start, _stopper(stop, t))
+        _fill(result, stats)
+        seen = {v for v in res.version if v}
+        result.checks = {
+            "no failed or mixed-version answer": stats["all"]["failures"] == 0,
+            "every reload succeeded": bool(outcomes) and all(s == 200 for s in outcomes),
+            "both versions served": seen == set(versions),
+        }
+        result.detail.update(reloads=len(outcomes), versions_served=sorted(seen))
+    finally:
+        stop.set()
+        srv.stop()
+    return result
+
+
+def _corrupt(vdir: Path) -> None:
+    """Flip bytes in the middle of the item embeddings (the manifest's sha256 no longer matches)."""
+    p = vdir / "item_z.npy"
+    data = bytearray(p.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(64)
+    data[mid] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+def corrupt_reload(h: Harness) -> ScenarioResult:
+    """A damaged bundle version offered for reload repeatedly under load: refused, the old one serves."""
+    bundles, versions = h.fresh_bundles(versions=1)
+    expected = expected_answers(bundles, versions, h.users(), 20, 500)
+    srv = h.server(bundles)
+    bad = make_random_bundle(bundles, h.cfg.n_users, h.cfg.n_items, h.cfg.bits, seed=99)
+    _corrupt(bad)
+    result = ScenarioResult(
+        "corrupt_reload", h.load_desc(), notes="reload of a version whose item_z.npy is damaged"
+    )
+    outcomes: list[tuple[int, str]] = []
+    stop = threading.Event()
+    try:
+
+        def loop() -> None:
+            while not stop.is_set():
+                for body in ({"version": bad.name}, None):  # by name, and `current` (which points to it)
+                    st, raw = http_post(srv.url + "/admin/reload", body, ADMIN_TOKEN)
+                    outcomes.append((st, raw.decode(errors="replace")[:300]))
+                stop.wait(0.4)
+
+        t = threading.Thread(target=loop, daemon=True)
+        _res, stats, _ = run_phased(h, srv, expected, t.start, _stopper(stop, t))
+        _fill(result, stats)
+        _, health = http_get(srv.url + "/healthz")
+        served = json.loads(health).get("version")
+        result.checks = {
+            "no failed request": stats["all"]["failures"] == 0,
+            "every corrupt reload refused with 422": bool(outcomes) and all(s == 422 for s, _ in outcomes),
+            "refusal names the file": all("item_z.npy" in m for _, m in outcomes),
+            "old version keeps serving": served == versions[0],
+        }
+        result.detail.update(reload_attempts=len(outcomes), first_refusal=outcomes[0][1] if outcomes else "")
+    finally:
+        stop.set()
+        srv.stop()
+    return result
+
+
+def bundles_deleted(h: Harness) -> ScenarioResult:
+    """The bundles directory removed under a running server (its files stay mapped): keeps serving."""
+    bundles, versions = h.fresh_bundles(versions=1)
+    expected = expected_answers(bundles, versions, h.users(), 20, 500)
+    srv = h.server(bundles)
+    result = ScenarioResult(
+        "bundles_deleted", h.load_desc(), notes="rm -rf of the bundles directory mid-load"
+    )
+    reload_status: list[int] = []
+    try:
+
+        def start() -> None:
+            shutil.rmtree(bundles)
+            st, _ = http_post(srv.url + "/admin/reload", None, ADMIN_TOKEN)
+            reload_status.append(st)
+
+        _res, stats, _ = run_phased(h, srv, expected, start, lambda: None)
+        _fill(result, stats)
+        _, health = http_get(srv.url + "/healthz")
+        ready, _ = http_get(srv.url + "/readyz")
+        result.checks = {
+            "no failed request": stats["all"]["failures"] == 0,
+            "reload of the deleted directory refused (4xx)": bool(reload_status)
+            and 400 <= reload_status[0] < 500,
+            "running version keeps serving": json.loads(health).get("version") == versions[0]
+            and ready == 200,
+        }
+        result.detail.update(reload_status=reload_status)
+    finally:
+        srv.stop()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- shutdown
+def _read_export(url: str, first_line: threading.Event, out: list[Any], pace_s: float) -> None:
+    """Stream an export, signal after the first line, then read the rest slowly; append (lines, ok, err)."""
+    req = urllib.request.Request(
+        url + "/candidates/export",
+        data=json.dumps({"users": None, "candidates": 100}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    lines, err = 0, ""
+    total = -1
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            total = int(r.headers["x-total-users"])
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                json.loads(line)
+                lines += 1
+                if lines == 1:
+                    first_line.set()
+                if pace_s and lines % 200 == 0:
+                    time.sleep(pace_s)
+    except Exception as exc:  # a truncated stream is exactly what this records
+        err = f"{type(exc).__name__}: {exc}"
+    first_line.set()
+    out.append((lines, total, err))
+
+
+def sigterm(h: Harness) -> ScenarioResult:
+    """SIGTERM with recommend load and 4 slow-reading export streams in flight: everything started
+    finishes complete, the process exits 0; only connections opened after the signal are refused."""
+    bundles, versions = h.fresh_bundles(versions=1)
+    expected = expected_answers(bundles, versions, h.users(), 20, 500)
+    srv = h.server(bundles, {"HASHREC_EXPORT_BATCH": "64"})
+    result = ScenarioResult(
+        "sigterm", h.load_desc() + " + 4 export streams", notes="SIGTERM mid-load; exports read slowly"
+    )
+    exports: list[Any] = []
+    exit_code: list[int] = []
+    try:
+        c = h.cfg
+        t0 = time.time() + 2.0
+        spec = LoadSpec(
+            port=srv.port,
+            targets=h.targets(),
+            duration_s=2 * c.phase_s,
+            rate=c.rate,
+            connections=c.connections,
+            expected=expected,
+            start_at=t0,
+        )
+        handle = start_load(spec)
+        _sleep_until(t0 + c.phase_s - 0.5)
+        threads = []
+        for _ in range(4):
+            ev = threading.Event()
+            t = threading.Thread(target=_read_export, args=(srv.url, ev, exports, 0.01), daemon=True)
+            t.start()
+            ev.wait(30)
+            threads.append(t)
+        t_sig = time.time()
+        srv.signal(signal.SIGTERM)
+        try:
+            exit_code.append(srv.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            exit_code.append(-1)
+        t_exit = time.time()
+        for t in threads:
+            t.join(60)
+        res = handle.result()
+        end = t0 + 2 * c.phase_s
+        before = window_stats(res, t0, t_sig)
+        # requests scheduled after the signal may find the port closed: expected, not a failure; but no
+        # answer may be cut short and none may be wrong
+        refused = [e for e, t in zip(res.error, res.t, strict=True) if t >= t_sig and e and _is_refusal(e)]
+        bad_after = [
+            e for e, t in zip(res.error, res.t, strict=True) if t >= t_sig and e and not _is_refusal(e)
+        ]
+        truncated = [e for e in res.error if "truncated" in e]
+        result.requests = len(res)
+        result.failures = before["failures"] + len(bad_after)
+        result.errors = dict(before["errors"])
+        result.p99_before_ms = before["p99_ms"]
+        result.p99_during_ms = window_stats(res, t_sig, t_exit)["p99_ms"]
+        result.p99_after_ms = None
+        complete = [x for x in exports if not x[2] and x[0] == x[1]]
+        if truncated or len(complete) != len(exports):
+            result.data_lost = (
+                f"{len(truncated)} truncated answers, {len(exports) - len(complete)} broken exports"
+            )
+        result.checks = {
+            # uvicorn re-raises the signal after its graceful shutdown, so -15 is a clean exit too
+            "graceful exit (0, or -15 re-raised by uvicorn)": exit_code in ([0], [-signal.SIGTERM]),
+            "application shutdown ran": "Application shutdown complete" in srv.log_text(),
+            "in-flight export streams complete": len(exports) == 4 and len(complete) == 4,
+            "no truncated answer": not truncated,
+            "no failed request before the signal": before["failures"] == 0,
+        }
+        result.detail.update(
+            exports=[list(x) for x in exports],
+            exit_code=exit_code,
+            refused_after_signal=len(refused),
+            other_errors_after_signal=bad_after[:5],
+            shutdown_s=round(t_exit - t_sig, 2),
+            window_end=end,
+        )
+    finally:
+        srv.stop()
+    return result
+
+
+def _is_refusal(err: str) -> bool:
+    """Errors that mean "not accepted" (no answer was started), expected once shutdown has begun."""
+    return (
+        "ConnectionRefused" in err
+        or "Connect call failed" in err
+        or "Errno 111" in err
+        or err.startswith(NOT_ANSWERED)
+    )
+
+
+# -------------------------------------------------------------------------------------------- export faults
+def export_disconnect(h: Harness) -> ScenarioResult:
+    """A client reads one row of an all-users export, then drops the connection: the rows counter stops
+    (the server stopped computing the rest) and the server keeps answering."""
+    bundles, _versions = h.fresh_bundles(versions=1)
+    srv = h.server(bundles, {"HASHREC_EXPORT_BATCH": "32"})
+    result = ScenarioResult("export_disconnect", "1 export stream of all users, C=500, dropped after 1 row")
+    try:
+        import socket
+
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        body = json.dumps({"users": None, "candidates": 500}).encode()
+        s.sendall(
+            b"POST /candidates/export HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        got = b""
+        while b"\n{" not in got and len(got) < 1_000_000:  # the head and the first row
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        time.sleep(1.5)
+        _, m1 = http_get(srv.url + "/metrics")
+        time.sleep(1.5)
+        _, m2 = http_get(srv.url + "/metrics")
+        rows1 = metric_sum(m1.decode(), "hashrec_export_rows_total")
+        rows2 = metric_sum(m2.decode(), "hashrec_export_rows_total")
+        total = h.cfg.n_users
+        ok, _ = http_get(srv.url + "/recommend/u1?k=5")
+        result.requests = 1
+        result.checks = {
+            "work stopped after the disconnect": rows2 == rows1 and rows1 < total,
+            "server still answers": ok == 200,
+        }
+        result.detail.update(rows_computed=rows1, rows_total=total)
+        result.notes = f"{rows1:.0f} of {total} rows computed before the stream stopped"
+    finally:
+        srv.stop()
+    return result
+
+
+_EXPORT_CHILD = """
+import sys
+from pathlib import Path
+from hashrec.bench.server_process import make_random_bundle
+make_random_bundle(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), 64, seed=int(sys.argv[4]))
+"""
+
+
+def export_killed(h: Harness, trials: int = 4) -> ScenarioResult:
+    """Bundle export SIGKILLed at random moments mid-write: ``current`` still loads, same version."""
+    from hashrec.index.bundle import load_bundle, resolve_bundle_dir
+
+    bundles, versions = h.fresh_bundles(versions=1)
+    result = ScenarioResult("export_killed", f"{trials} bundle exports SIGKILLed mid-write")
+    rng = random.Random(0)
+    intact = 0
+    killed_mid = 0
+    for trial in range(trials):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _EXPORT_CHILD,
+                str(bundles),
+                str(h.cfg.n_users * 4),
+                str(h.cfg.n_items * 4),
+                str(100 + trial),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(1.0, 2.5))  # after the imports, while arrays are being written
+        if proc.poll() is None:
+            killed_mid += 1
+        proc.kill()
+        proc.wait()
+        cur = resolve_bundle_dir(bundles)
+        b = load_bundle(cur)  # full validation: manifest, sha256 of every file, shapes
+        if cur.name in versions or b.version == cur.name:
+            intact += 1
+        versions.append(cur.name)  # a trial that finished before the kill published a complete version
+    result.requests = trials
+    result.checks = {
+        "current loads and validates after every kill": intact == trials,
+        "killed mid-write": killed_mid > 0,
+    }
+    result.notes = f"{killed_mid} of {trials} exports killed before they finished"
+    if intact != trials:
+        result.data_lost = f"{trials - intact} broken current"
+    return result
+
+
+RUNNERS: dict[str, Callable[[Harness], ScenarioResult]] = {
+    "control": control,
+    "redis_killed": redis_killed,
+    "redis_stalled": redis_stalled,
+    "redis_slow": redis_slow,
+    "redis_flapping": redis_flapping,
+    "redis_full": redis_full,
+    "reload": reload_under_load,
+    "corrupt_reload": corrupt_reload,
+    "bundles_deleted": bundles_deleted,
+    "sigterm": sigterm,
+    "export_disconnect": export_disconnect,
+    "export_killed": export_killed,
+}
+
+
+def run_scenarios(names: list[str], cfg: FaultConfig) -> list[ScenarioResult]:
+    """Run the named scenarios one after another (never in parallel: they measure latency)."""
+    from tqdm import tqdm
+
+    h = Harness(cfg)
+    out = []
+    try:
+        for name in tqdm(names, desc="fault scenarios", unit="scenario", file=sys.stderr):
+            log.info("scenario %s", name)
+            r = RUNNERS[name](h)
+            log.info("scenario %s: %s %s", name, "passed" if r.passed else "FAILED", r.checks)
+            out.append(r)
+    finally:
+        if cfg.workdir is None:
+            shutil.rmtree(h.workdir, ignore_errors=True)
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def markdown(results: list[ScenarioResult]) -> str:
+    """The faults table of docs/reliability.md."""
+    from .report import md_table
+
+    rows = [
+        [
+            r.scenario,
+            r.load,
+            r.requests,
+            r.failures,
+            _fmt(r.p99_before_ms),
+            _fmt(r.p99_during_ms),
+            _fmt(r.p99_after_ms),
+            r.data_lost,
+            "pass" if r.passed else "FAIL: " + ", ".join(k for k, v in r.checks.items() if not v),
+            r.notes,
+        ]
+        for r in results
+    ]
+    return md_table(
+        [
+            "scenario",
+            "load",
+            "requests",
+            "failures",
+            "p99 before (ms)",
+            "p99 during (ms)",
+            "p99 after (ms)",
+            "data lost",
+            "checks",
+            "notes",
+        ],
+        rows,
+    )
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from .reliability_doc import write_reliability_section
+    from .report import save_json
+
+    names = list(SCENARIOS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [n for n in names if n not in RUNNERS]
+    if unknown:
+        from hashrec.cli import UserError
+
+        raise UserError(f"--only: unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    cfg = FaultConfig(
+        n_users=args.users,
+        n_items=args.items,
+        rate=args.rate,
+        phase_s=args.phase_s,
+        connections=args.connections,
+    )
+    results = run_scenarios(names, cfg)
+    payload = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
+        "results": [r.as_dict() for r in results],
+    }
+    path = save_json("faults", payload)
+    table = markdown(results)
+    write_reliability_section("faults", table, path)
+    print(table)
+    return 0 if all(r.passed for r in results) else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``bench faults``."""
+    p = sub.add_parser(
+        "faults", help="fault scenarios under load (Redis, reloads, SIGTERM, export) -> docs/reliability.md"
+    )
+    p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    p.add_argument("--users", type=int, default=5000, help="users of the random bundle (default 5000)")
+    p.add_argument("--items", type=int, default=8000, help="items of the random bundle (default 8000)")
+    p.add_argument("--rate", type=float, default=150.0, help="open-loop requests/s (default 150)")
+    p.add_argument("--connections", type=int, default=32, help="client connections (default 32)")
+    p.add_argument(
+        "--phase-s", type=float, default=4.0, help="seconds per phase: before/during/after (default 4)"
+    )
+    p.set_defaults(func=_cmd)

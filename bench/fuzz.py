@@ -1,0 +1,301 @@
+"""``hashrec bench fuzz``: property-based requests from the live OpenAPI schema, plus hand-written hostile
+ones, against a real server. The rule checked on every answer:
+
+- never a 5xx (and never a dropped connection);
+- every 4xx is ``application/json`` in the one error shape ``{"error": {"code", "message", "field"}}`` with a
+  non-empty code and message; a 422 also names the ``field`` at fault.
+
+Generation is schemathesis (Hypothesis underneath): for every operation of ``/openapi.json``, positive cases
+(valid by the schema) and negative ones (each violating it somewhere), with the admin bearer token on half
+of the admin calls so that the reload path itself is fuzzed, not only its 401.
+
+    hashrec bench fuzz                       # >= 1,000 generated requests + the hostile battery, ~1 min
+    hashrec bench fuzz --examples 300        # examples per operation and mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FuzzReport:
+    """What was sent and what came back; ``violations`` lists every answer that broke the rule."""
+
+    requests: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+    violations: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "requests": self.requests,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "by_operation": dict(self.by_operation),
+            "server_errors": sum(v for k, v in self.by_status.items() if k >= 500 or k == 0),
+            "violations": self.violations[:50],
+            "violation_count": len(self.violations),
+        }
+
+
+def check_answer(status: int, content_type: str, body: bytes) -> str | None:
+    """Why this answer breaks the rule (see the module docstring), or None when it is fine."""
+    if status == 0:
+        return "no answer (connection dropped)"
+    if status >= 500:
+        return f"server error {status}"
+    if 400 <= status < 500:
+        if not content_type.startswith("application/json"):
+            return f"{status} with content type {content_type!r}, not JSON"
+        try:
+            err = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            return f"{status} body is not the error shape: {body[:200]!r}"
+        if not isinstance(err, dict) or not err.get("code") or not err.get("message"):
+            return f"{status} error without code or message: {err!r}"
+        if status == 422 and not err.get("field"):
+            return f"422 without the field at fault: {err!r}"
+    return None
+
+
+def fuzz_schema(base_url: str, examples: int, admin_token: str | None, seed: int = 0) -> FuzzReport:
+    """Run schemathesis-generated cases (positive and negative) for every operation; collect violations."""
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.generation import GenerationMode
+    from tqdm import tqdm
+
+    schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
+    report = FuzzReport()
+    session = requests.Session()
+    ops = [r.ok() for r in schema.get_all_operations()]
+    jobs = [(op, mode) for op in ops for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+    for op, mode in tqdm(jobs, desc="fuzz", unit="op", file=sys.stderr):
+        name = f"{op.method.upper()} {op.path}"
+        send = _sender(name, mode.value, base_url, session, admin_token, report)
+        test = settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )(given(op.as_strategy(generation_mode=mode))(send))
+        try:
+            test()
+        except Unsatisfiable:
+            log.info("%s: no %s cases to generate", name, mode.value)
+        except Exception as err:  # schemathesis cannot generate for this mode (e.g. nothing to negate)
+            log.warning("%s (%s): generation stopped: %s", name, mode.value, str(err).splitlines()[0][:200])
+    return report
+
+
+def _sender(
+    name: str, mode: str, base_url: str, session: Any, admin_token: str | None, report: FuzzReport
+) -> Any:
+    """The Hypothesis test body for one operation and mode: send the case, record and check the answer."""
+    import requests
+
+    counter = [0]
+
+    def send(case: Any) -> None:
+        headers = {}
+        if admin_token and "/admin/" in name and counter[0] % 2 == 0:
+            headers["authorization"] = f"Bearer {admin_token}"
+        counter[0] += 1
+        try:
+            resp = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
+            ctype_raw = resp.headers.get("content-type") or ""
+            # schemathesis' Response keeps every header as a list of values
+            ctype = ctype_raw[0] if isinstance(ctype_raw, list) else str(ctype_raw)
+            status, body = resp.status_code, resp.content
+        except requests.RequestException as err:
+            status, ctype, body = 0, "", str(err).encode()
+        report.requests += 1
+        report.by_status[status] += 1
+        report.by_operation[name] += 1
+        problem = check_answer(status, ctype, body)
+        if problem:
+            report.violations.append(
+                {"operation": name, "mode": mode, "problem": problem, "curl": case.as_curl_command()}
+            )
+
+    return send
+
+
+def hostile_requests() -> list[tuple[str, str, dict[str, str], bytes]]:
+    """Hand-written hostile requests: (method, path, headers, body)."""
+    j = {"content-type": "application/json"}
+    deep = 100_000
+    return [
+        ("GET", "/recommend/0?k=100000000000000000000000", {}, b""),
+        ("GET", "/recommend/0?k=-1", {}, b""),
+        ("GET", "/recommend/0?candidates=-99999999999", {}, b""),
+        ("GET", "/recommend/0?candidates=1e400", {}, b""),
+        ("GET", "/recommend/a%00b", {}, b""),
+        ("GET", "/recommend/%E2%80%AEevil", {}, b""),
+        ("GET", "/recommend/%F0%9F%99%82", {}, b""),
+        ("GET", "/recommend/%ff%fe", {}, b""),
+        ("GET", "/recommend/" + "x" * 5000, {}, b""),
+        ("POST", "/recommend", j, json.dumps({"users": ["u" * 10_000_000]}).encode()),
+        ("POST", "/recommend", j, b"[" * deep + b"]" * deep),
+        ("POST", "/recommend", j, b'{"users":' + b"[" * deep + b"]" * deep + b"}"),
+        ("POST", "/recommend", j, b'{"users": ["0"'),
+        ("POST", "/recommend", j, b'{"users": ["\xff"]}'),
+        ("POST", "/recommend", {"content-type": "text/plain"}, b'{"users": ["0"]}'),
+        ("POST", "/recommend", {"content-type": "application/xml"}, b"<users/>"),
+        ("POST", "/recommend", {"content-type": "multipart/form-data; boundary=x"}, b"--x--"),
+        ("POST", "/recommend", j, json.dumps({"users": ["0"] * 100_000}).encode()),
+        (
+            "POST",
+            "/recommend",
+            j,
+            json.dumps({"new_users": [{"key": "g", "items": ["1"] * 100_000}]}).encode(),
+        ),
+        ("POST", "/candidates/export", j, json.dumps({"users": None, "candidates": 10**12}).encode()),
+        ("POST", "/candidates/export", j, json.dumps({"users": ["nobody"] * 1000}).encode()),
+        ("POST", "/admin/reload", j, json.dumps({"version": "../../etc"}).encode()),
+        ("POST", "/admin/reload", {**j, "authorization": "Bearer " + "a" * 10_000}, b"{}"),
+        ("POST", "/admin/reload", {**j, "authorization": "Basic Zm9vOmJhcg=="}, b"{}"),
+        ("GET", "/metrics?name[]=x", {}, b""),
+        ("PATCH", "/recommend/0", {}, b""),
+        ("GET", "/%2e%2e/%2e%2e/etc/passwd", {}, b""),
+    ]
+
+
+def run_hostile(base_url: str) -> FuzzReport:
+    """Send :func:`hostile_requests` (and a batch of concurrent export streams); collect violations."""
+    import concurrent.futures as cf
+
+    import httpx
+
+    report = FuzzReport()
+    with httpx.Client(base_url=base_url, timeout=60.0) as c:
+        for method, path, headers, body in hostile_requests():
+            try:
+                r = c.request(method, path, headers=headers, content=body or None)
+                status, ctype, content = r.status_code, r.headers.get("content-type", ""), r.content
+            except httpx.HTTPError as err:
+                status, ctype, content = 0, "", str(err).encode()
+            report.requests += 1
+            report.by_status[status] += 1
+            name = f"{method} {path[:60]}"
+            report.by_operation["hostile"] += 1
+            problem = check_answer(status, ctype, content)
+            if problem:
+                report.violations.append({"operation": name, "mode": "hostile", "problem": problem})
+
+    def export(i: int) -> tuple[int, str | None]:
+        try:
+            with (
+                httpx.Client(base_url=base_url, timeout=120.0) as c,
+                c.stream("POST", "/candidates/export", json={"users": None, "candidates": 20 + i}) as r,
+            ):
+                if r.status_code != 200:
+                    return r.status_code, f"export status {r.status_code}"
+                rows = sum(1 for line in r.iter_lines() if json.loads(line)["items"] is not None)
+                return 200, None if rows == int(r.headers["x-total-users"]) else f"{rows} rows"
+        except (httpx.HTTPError, ValueError) as err:
+            return 0, f"export stream broke: {err}"
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        for status, problem in pool.map(export, range(32)):
+            report.requests += 1
+            report.by_status[status] += 1
+            report.by_operation["concurrent export streams"] += 1
+            if problem:
+                report.violations.append(
+                    {"operation": "POST /candidates/export", "mode": "concurrent", "problem": problem}
+                )
+    return report
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from .reliability_doc import write_reliability_section
+    from .report import md_table, save_json
+    from .server_process import ADMIN_TOKEN, ServerProcess, make_random_bundle
+
+    work = Path(tempfile.mkdtemp(prefix="hashrec-fuzz-"))
+    try:
+        bundles = work / "bundles"
+        make_random_bundle(bundles, args.users, args.items, 64, seed=0)
+        srv = ServerProcess(bundles, work / "server.log", env={"HASHREC_ADMIN_TOKEN": ADMIN_TOKEN}).start()
+        try:
+            t0 = time.perf_counter()
+            generated = fuzz_schema(srv.url, args.examples, ADMIN_TOKEN, seed=args.seed)
+            t_gen = time.perf_counter() - t0
+            hostile = run_hostile(srv.url)
+            alive = srv.proc is not None and srv.proc.poll() is None
+        finally:
+            srv.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    payload = {
+        "config": {
+            "examples_per_operation_and_mode": args.examples,
+            "users": args.users,
+            "items": args.items,
+        },
+        "generated": generated.as_dict(),
+        "hostile": hostile.as_dict(),
+        "server_alive_at_end": alive,
+        "generated_seconds": round(t_gen, 1),
+    }
+    path = save_json("fuzz", payload)
+    rows = []
+    for name, rep in (
+        ("schemathesis (positive + negative, every operation)", generated),
+        ("hand-written hostile + 32 concurrent exports", hostile),
+    ):
+        d = rep.as_dict()
+        four = sum(v for k, v in rep.by_status.items() if 400 <= k < 500)
+        rows.append(
+            [
+                name,
+                d["requests"],
+                d["server_errors"],
+                four,
+                d["violation_count"],
+                ", ".join(f"{k}: {v}" for k, v in d["by_status"].items()),
+            ]
+        )
+    table = md_table(["suite", "requests", "5xx / dropped", "4xx", "rule violations", "statuses"], rows)
+    ops = ", ".join(f"`{k}` {v}" for k, v in sorted(generated.by_operation.items()))
+    body = table + f"\n\nGenerated requests per operation: {ops}.\n"
+    if generated.violations or hostile.violations:
+        body += "\nViolations (first 10):\n\n" + "\n".join(
+            f"- {v['operation']} ({v['mode']}): {v['problem']}"
+            for v in (generated.violations + hostile.violations)[:10]
+        )
+    write_reliability_section("fuzz", body, path, command=f"hashrec bench fuzz --examples {args.examples}")
+    print(table)
+    ok = alive and not generated.violations and not hostile.violations and generated.requests >= 1000
+    return 0 if ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``bench fuzz``."""
+    p = sub.add_parser(
+        "fuzz", help="schemathesis + hostile requests against a live server -> docs/reliability.md"
+    )
+    p.add_argument("--examples", type=int, default=100, help="examples per operation and mode (default 100)")
+    p.add_argument("--users", type=int, default=2000, help="users of the random bundle (default 2000)")
+    p.add_argument("--items", type=int, default=3000, help="items of the random bundle (default 3000)")
+    p.add_argument("--seed", type=int, default=0, help="(derandomized generation; kept for the record)")
+    p.set_defaults(func=_cmd)
