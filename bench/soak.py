@@ -1,7 +1,253 @@
-"""placeholder"""
+"""``hashrec bench soak``: minutes of steady load at 70% of the capacity measured just before, every answer
+checked; reports errors, p99 per minute and the server's resident memory over time.
+
+    hashrec bench soak --minutes 10        # the acceptance run: ~11 min, needs a quiet machine
+    hashrec bench soak --minutes 0.5       # a quick look
+
+Steps: build a bundle of random embeddings (Gowalla-sized by default: 29,858 users x 40,981 items, 64 bits;
+the work per request depends on the sizes, not on the embeddings' quality) or use ``--bundles``; start
+``hashrec serve`` (Redis cache when ``redis-server`` is installed, else the in-process cache); warm up;
+measure capacity with a closed loop (32 connections, same request mix); then an open loop at
+``--load`` x capacity for ``--minutes``, sampling the server's RSS every 5 s.
+
+Pass criteria (issue 6): zero failed or wrong answers; p99 stable (the last minute's p99 within 2x of the
+first minute's); RSS growth under 5% from the end of the first minute (caches filling during the first
+minute are the intended use of memory, not a leak) to the end.
+"""
+
+from __future__ import annotations
 
 import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def run_soak(
+    minutes: float,
+    load: float = 0.7,
+    n_users: int = 29858,
+    n_items: int = 40981,
+    bits: int = 64,
+    sample_users: int = 10000,
+    capacity_s: float = 15.0,
+    redis: bool = True,
+    bundles: Path | None = None,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the soak and return its result (see the module docstring); never raises on a failed criterion."""
+    from tqdm import tqdm
+
+    from .loadgen import LoadSpec, recommend_targets, start_load, window_stats
+    from .server_process import RedisProcess, ServerProcess, expected_answers, make_random_bundle
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="hashrec-soak-"))
+    redis_proc = None
+    srv = None
+    try:
+        if bundles is None:
+            bundles = work / "bundles"
+            make_random_bundle(bundles, n_users, n_items, bits, seed=0)
+            users = [f"u{i}" for i in range(0, n_users, max(1, n_users // sample_users))][:sample_users]
+        else:
+            from hashrec.index.bundle import load_bundle, resolve_bundle_dir
+
+            b = load_bundle(resolve_bundle_dir(bundles))
+            raw = [str(u) for u in b.users.raw]
+            users = raw[:: max(1, len(raw) // sample_users)][:sample_users]
+        version = Path(bundles, "current").resolve().name
+        log.info("expected answers for %d users", len(users))
+        expected = expected_answers(bundles, [version], users, 20, 500)
+        env: dict[str, str] = {}
+        if redis and shutil.which("redis-server"):
+            redis_proc = RedisProcess(work / "redis").start()
+            env["HASHREC_REDIS_URL"] = redis_proc.url
+        srv = ServerProcess(bundles, work / "server.log", env=env).start()
+        targets = recommend_targets(users, k=20)
+
+        log.info("warm-up and capacity (%.0f s closed loop, 32 connections)", capacity_s)
+        start_load(LoadSpec(port=srv.port, targets=targets, duration_s=5, connections=32)).result()
+        cap_res = start_load(
+            LoadSpec(port=srv.port, targets=targets, duration_s=capacity_s, connections=32, expected=expected)
+        ).result()
+        cap_stats = window_stats(cap_res, cap_res.t0, cap_res.t0 + capacity_s)
+        capacity = (cap_stats["requests"] - cap_stats["failures"]) / capacity_s
+        rate = load * capacity
+        duration = minutes * 60.0
+        log.info("capacity %.0f answers/s; soak at %.0f req/s for %.1f min", capacity, rate, minutes)
+
+        rss: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                rss.append((time.time(), srv.rss()))
+                stop.wait(5.0)
+
+        t0 = time.time() + 2.0
+        handle = start_load(
+            LoadSpec(
+                port=srv.port,
+                targets=targets,
+                duration_s=duration,
+                rate=rate,
+                connections=64,
+                expected=expected,
+                start_at=t0,
+            )
+        )
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with tqdm(total=int(duration), desc="soak", unit="s", file=sys.stderr) as bar:
+            while time.time() < t0 + duration:
+                time.sleep(1.0)
+                bar.n = int(min(duration, max(0.0, time.time() - t0)))
+                bar.refresh()
+        res = handle.result(timeout=duration + 120)
+        stop.set()
+        sampler.join(10)
+        alive = srv.proc is not None and srv.proc.poll() is None
+    finally:
+        if srv is not None:
+            srv.stop()
+        if redis_proc is not None:
+            redis_proc.stop()
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    total = window_stats(res, t0, t0 + duration)
+    step = 60.0 if duration >= 120 else max(5.0, duration / 4)
+    windows = []
+    t = t0
+    while t < t0 + duration - 1e-6:
+        w = window_stats(res, t, min(t + step, t0 + duration))
+        w["from_s"] = round(t - t0, 1)
+        windows.append(w)
+        t += step
+    first_p99 = windows[0]["p99_ms"]
+    last_p99 = windows[-1]["p99_ms"]
+    base_t = t0 + min(60.0, duration / 4)
+    base = next((r for ts, r in rss if ts >= base_t), rss[0][1] if rss else 0)
+    end_rss = rss[-1][1] if rss else 0
+    growth = (end_rss - base) / base if base else None
+    checks = {
+        "zero failed or wrong answers": total["failures"] == 0,
+        "p99 stable (last window within 2x of the first)": bool(
+            first_p99 and last_p99 and last_p99 <= 2 * first_p99
+        ),
+        "RSS growth under 5%": growth is not None and growth < 0.05,
+        "server alive at the end": alive,
+    }
+    return {
+        "minutes": minutes,
+        "load_fraction": load,
+        "bundle": {"users": n_users, "items": n_items, "bits": bits} if bundles is None else str(bundles),
+        "cache": "redis (+ near cache)" if env.get("HASHREC_REDIS_URL") else "in-process",
+        "capacity_rps": round(capacity, 1),
+        "capacity_window": cap_stats,
+        "rate_rps": round(rate, 1),
+        "total": total,
+        "windows": windows,
+        "rss_mb": [(round(ts - t0, 1), round(r / 2**20, 1)) for ts, r in rss],
+        "rss_base_mb": round(base / 2**20, 1),
+        "rss_end_mb": round(end_rss / 2**20, 1),
+        "rss_growth": None if growth is None else round(growth, 4),
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The soak section of docs/reliability.md."""
+    from .report import md_table
+
+    t = r["total"]
+    head = md_table(
+        [
+            "scenario",
+            "load",
+            "requests",
+            "failures",
+            "p99 first window (ms)",
+            "p99 last window (ms)",
+            "p99 overall (ms)",
+            "RSS base -> end (MiB)",
+            "RSS growth",
+            "data lost",
+            "checks",
+        ],
+        [
+            [
+                f"soak {r['minutes']:g} min",
+                f"{r['rate_rps']:.0f} req/s open loop = {r['load_fraction']:.0%} of {r['capacity_rps']:.0f}/s measured",
+                t["requests"],
+                t["failures"],
+                r["windows"][0]["p99_ms"],
+                r["windows"][-1]["p99_ms"],
+                t["p99_ms"],
+                f"{r['rss_base_mb']} -> {r['rss_end_mb']}",
+                f"{100 * r['rss_growth']:.2f}%" if r["rss_growth"] is not None else "n/a",
+                "none" if t["failures"] == 0 else "see failures",
+                "pass" if r["passed"] else "FAIL: " + ", ".join(k for k, v in r["checks"].items() if not v),
+            ]
+        ],
+    )
+    per = md_table(
+        ["window from (s)", "requests", "failures", "p50 (ms)", "p95 (ms)", "p99 (ms)", "req/s"],
+        [
+            [w["from_s"], w["requests"], w["failures"], w["p50_ms"], w["p95_ms"], w["p99_ms"], w["rps"]]
+            for w in r["windows"]
+        ],
+    )
+    return (
+        f"Bundle: {r['bundle']}; cache: {r['cache']}; every answer checked against the Retriever.\n\n"
+        + head
+        + "\n\nPer window:\n\n"
+        + per
+    )
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from .reliability_doc import write_reliability_section
+    from .report import save_json
+
+    if args.minutes <= 0:
+        from hashrec.cli import UserError
+
+        raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    r = run_soak(
+        args.minutes,
+        load=args.load,
+        n_users=args.users,
+        n_items=args.items,
+        redis=not args.no_redis,
+        bundles=Path(args.bundles) if args.bundles else None,
+    )
+    path = save_json("soak", r)
+    md = markdown(r)
+    write_reliability_section("soak", md, path, command=f"hashrec bench soak --minutes {args.minutes:g}")
+    print(md)
+    return 0 if r["passed"] else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench soak``."""
+    p = sub.add_parser(
+        "soak", help="minutes at 70%% of measured capacity: errors, p99, RSS -> docs/reliability.md"
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes (default 10)")
+    p.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity (default 0.7)")
+    p.add_argument("--users", type=int, default=29858, help="users of the random bundle (Gowalla's count)")
+    p.add_argument("--items", type=int, default=40981, help="items of the random bundle (Gowalla's count)")
+    p.add_argument("--bundles", default=None, help="serve this bundles directory instead of a random bundle")
+    p.add_argument(
+        "--no-redis", action="store_true", help="in-process cache instead of a private redis-server"
+    )
+    p.set_defaults(func=_cmd)
