@@ -74,8 +74,10 @@ function request()
 end
 
 if delay_ms > 0 then
+  -- exponential think times (mean delay_ms): connections do not fall into lockstep, and together they
+  -- approximate Poisson arrivals, as independent clients would
   function delay()
-    return delay_ms
+    return -math.log(1 - math.random()) * delay_ms
   end
 end
 
@@ -271,7 +273,8 @@ PACED_CONNECTIONS = 64
 def _paced(
     url: str, work: Path, name: str, users_file: Path, query: str, rate: float, seconds: float, quick: bool
 ) -> dict[str, Any]:
-    """An open-ish loop at ``rate`` req/s: many connections, each waiting ``delay`` before every request.
+    """An open-ish loop at ``rate`` req/s: many connections, each waiting a random think time (exponential,
+    mean ``delay``) before every request, so that arrivals are close to Poisson.
 
     Per-connection rate = 1 / (delay + latency): the delay is ``connections / rate`` minus the mean latency
     measured by a short calibration run at that delay, so the achieved rate lands on the target while the
@@ -286,6 +289,22 @@ def _paced(
         delay = max(0.0, delay - calib["mean_ms"])
     script = _script(work, name, users_file, query, sequential=False, delay_ms=delay)
     return {"target_rps": rate, "delay_ms": delay, "connections": conns, **_wrk(url, seconds, conns, script)}
+
+
+def _paced_floor(url: str, work: Path, name: str, rate: float, seconds: float) -> dict[str, Any]:
+    """``GET /livez`` at ``rate`` req/s with the same pacing as :func:`_paced` (no calibration: ~0 latency)."""
+    conns = PACED_CONNECTIONS
+    delay = conns / rate * 1000
+    script = work / f"{name}-floor.lua"
+    script.write_text(
+        f"function delay()\n  return -math.log(1 - math.random()) * {delay:.3f}\nend\n" + _FLOOR_LUA
+    )
+    return {
+        "target_rps": rate,
+        "delay_ms": delay,
+        "connections": conns,
+        **_wrk(url, seconds, conns, script, "/livez"),
+    }
 
 
 def _alternate(
@@ -357,6 +376,9 @@ def run_benchmark(
             ):
                 log.info("%s: %.0f req/s target, %.0f s", name, rate, seconds)
                 results[name] = _paced(srv.url, work, name, users_file, query, rate, seconds, quick)
+                # control: the floor endpoint paced at the same rate on the same server, to show how much of
+                # the tail is the machine (shared cores, preemption) rather than the recommendation path
+                results[name + "_floor_control"] = _paced_floor(srv.url, work, name, rate, seconds)
             log.info("long uncached run: %.0f s", long_seconds)
             results["long"] = _wrk(srv.url, long_seconds, connections, uncached_script)
 
@@ -457,6 +479,11 @@ def render(payload: dict[str, Any], machine: dict[str, Any]) -> str:
         rows.append(
             _row(f"`GET /recommend` uncached, paced at {label} ({r[key]['target_rps']:.0f} req/s)", r[key])
         )
+        ctl = r.get(key + "_floor_control")
+        if ctl:
+            rows.append(
+                _row(f"control: floor `GET /livez` paced at the same {ctl['target_rps']:.0f} req/s", ctl)
+            )
     lg = r["long"]
     rows.append(_row(f"`GET /recommend` uncached, one {lg['seconds']:.0f} s run", lg))
     table = md_table(["run", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "requests"], rows)
@@ -488,6 +515,14 @@ def render(payload: dict[str, Any], machine: dict[str, Any]) -> str:
         ],
     ]
     verdict = md_table(["target (issue 5)", "measured", "met"], verdict_rows)
+    ctl = r.get("paced_80_uncached_floor_control")
+    if ctl:
+        pr = r["paced_80_uncached"]
+        verdict += (
+            f"\n\nControl for the tail latency: on the same server and the same machine, the trivial `GET /livez`"
+            f" paced at the same {ctl['target_rps']:.0f} req/s had p99 {ctl['p99_ms']:.2f} ms (max"
+            f" {ctl['max_ms']:.0f} ms), against {pr['p99_ms']:.2f} ms for `GET /recommend`."
+        )
     quick = " **Quick smoke run: not a measurement to quote.**" if payload["quick"] else ""
     return f"""## Service (`hashrec bench service`)
 
@@ -527,7 +562,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench service``."""
     p = sub.add_parser("service", help="HTTP service throughput/latency vs the framework floor (needs wrk)")
     p.add_argument(

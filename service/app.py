@@ -126,7 +126,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.add_middleware(
-        ServiceMiddleware,  # type: ignore[arg-type]
+        ServiceMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         log_requests=settings.access_log,

@@ -14,6 +14,7 @@ mixes versions, and each request still gets exactly the answer the Retriever giv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -84,11 +85,9 @@ class MicroBatcher:
             users = [u for u, _f in batch]
             self._inflight += 1
             t0 = time.perf_counter()
-            cf = loop.run_in_executor(
-                self.executor,
-                lambda s=snap, us=users, k=k, c=c, e=excl: s.retriever.recommend(us, k, c, exclude_seen=e),
-            )
-            cf.add_done_callback(lambda f, b=batch, t=t0: self._done(f, b, t, loop))
+            call = functools.partial(snap.retriever.recommend, users, k, c, exclude_seen=excl)
+            cf = loop.run_in_executor(self.executor, call)
+            cf.add_done_callback(functools.partial(self._done, batch=batch, t0=t0, loop=loop))
 
     def _done(
         self,

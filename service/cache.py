@@ -279,7 +279,7 @@ class RedisCache:
         hits = sum(v is not None for v in values)
         self._count("get", "hit", hits)
         self._count("get", "miss", len(keys) - hits)
-        return list(values)
+        return [v if isinstance(v, bytes) else None for v in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         """SET PX for each item in one pipeline round trip; failures are counted, not raised."""

@@ -152,7 +152,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve`` and ``export-candidates``."""
     p = sub.add_parser(
         "serve",

@@ -94,8 +94,8 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     field = _loc_to_field(loc) or None
     if first.get("type") == "json_invalid":
         # A body that is not JSON at all is a malformed request, not an out-of-range field.
-        ctx = first.get("ctx") or {}
-        detail = ctx.get("error", first.get("msg", "invalid JSON"))
+        ctx: Any = first.get("ctx") or {}
+        detail = ctx.get("error", first.get("msg", "invalid JSON")) if isinstance(ctx, dict) else ctx
         return error_response(400, "malformed_json", f"request body is not valid JSON: {detail}", "body")
     msg = str(first.get("msg", "invalid value"))
     if field:
