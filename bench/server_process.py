@@ -179,7 +179,8 @@ class RedisProcess:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.command("PING", timeout=0.2) == "PONG":
+            reply = self.command("PING", timeout=0.2)
+            if reply == "PONG" or (reply or "").startswith("NOAUTH"):  # up (with --requirepass: NOAUTH)
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")

@@ -107,6 +107,13 @@ def load_snapshot(
     try:
         # a version must be a direct child of the bundles directory: never a path of the client's choosing
         path = resolve_bundle_dir(bundles_dir / version if version else bundles_dir)
+        # ... and not one that a symlink inside it leads elsewhere: requests load only what lies under it
+        root = Path(bundles_dir).resolve()
+        if path != root and path.parent != root:
+            raise BundleError(
+                f"{bundles_dir / (version or 'current')}: resolves to {path}, outside the bundles directory "
+                f"{root}; refused"
+            )
         bundle = load_bundle(path, mmap=mmap)
         retriever = _timed_retriever_class()(bundle, threads=threads)
         retriever.observe = observe
