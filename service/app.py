@@ -113,6 +113,10 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         finally:
             await cache.close()
             executor.shutdown(wait=False, cancel_futures=True)
+            # the process may be killed by uvicorn's re-raised SIGTERM right after this: write logs now
+            from .json_logs import finish_background_logging
+
+            finish_background_logging()
 
     app = FastAPI(
         title="hashrec",

@@ -59,11 +59,20 @@ class BackgroundWriter(logging.Handler):
         self.stream = stream
         self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="hashrec-log-writer", daemon=True)
+        self._sync = False
         self._thread.start()
         atexit.register(self.close)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Stamp the request id (a context variable of the caller's thread) and queue the record."""
+        """Stamp the request id (a context variable of the caller's thread) and queue the record (or, after
+        :meth:`go_synchronous`, write it now)."""
+        if self._sync:
+            try:
+                self.stream.write(self.format(record) + "\n")
+                self.stream.flush()
+            except Exception:  # stderr closed or an unformattable record: never raise from logging
+                pass
+            return
         # (exc_info stays on the record: the writer formats the traceback from it)
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
@@ -100,12 +109,30 @@ class BackgroundWriter(logging.Handler):
             if stop:
                 return
 
+    def go_synchronous(self) -> None:
+        """Write what is queued now, then write later records in the caller's thread.
+
+        For shutdown: uvicorn re-raises SIGTERM once it has stopped, which kills the process with no atexit
+        hooks, so records still queued (or emitted after the lifespan ends: "Application shutdown complete",
+        "Finished server process") would be lost.
+        """
+        self.close()
+        self._sync = True
+
     def close(self) -> None:
         """Write what is queued and stop the thread (idempotent)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=5)
         super().close()
+
+
+def finish_background_logging() -> None:
+    """Drain every :class:`BackgroundWriter` of the root logger and make it synchronous (see
+    :meth:`BackgroundWriter.go_synchronous`); call when the app shuts down."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BackgroundWriter):
+            handler.go_synchronous()
 
 
 def setup_json_logging(level: str = "INFO") -> None:
