@@ -189,6 +189,14 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_in_flight = False
 
+    def release(self) -> None:
+        """A call was abandoned (its request was cancelled) before it could tell: let another one try.
+
+        Without this, a half-open trial whose request is cancelled would hold the trial slot forever and the
+        breaker would never close again.
+        """
+        self._trial_in_flight = False
+
     def failure(self) -> bool:
         """A call failed; returns True when this failure opened (or re-opened) the breaker."""
         self._failures += 1
@@ -272,6 +280,9 @@ class RedisCache:
         try:
             # wait_for bounds the whole call (pool wait + connect + reply) even if a socket timeout misfires.
             values = await asyncio.wait_for(self._redis.mget(list(keys)), timeout=self.timeout_s * 2)
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
         except Exception as err:  # any Redis/OS/timeout error is a cache failure, never the request's
             self._on_failure("get", len(keys), err)
             return [None] * len(keys)
@@ -293,6 +304,9 @@ class RedisCache:
             for key, value in items:
                 pipe.set(key, value, px=self.ttl_ms)
             await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s * 2)
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
         except Exception as err:
             self._on_failure("set", len(items), err)
             return

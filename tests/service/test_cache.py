@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from hashrec.service.cache import CircuitBreaker, LruCache, RedisCache, answer_key
@@ -109,3 +110,33 @@ def test_redis_cache_round_trip_and_breaker_on_dead_redis(redis_server) -> None:
     assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "error"}) == 3
     assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "skipped"}) == 200
     assert m.registry.get_sample_value("hashrec_cache_breaker_open") == 1
+
+
+def test_cancelled_trial_does_not_wedge_the_breaker(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A half-open trial whose request is cancelled must free the trial slot (else: never closes again)."""
+    import signal
+
+    clock = FakeClock()
+
+    async def run() -> None:
+        breaker = CircuitBreaker(1, 5, clock=clock)
+        cache = RedisCache(redis_server.url, ttl_s=30, timeout_s=2.0, pool_size=2, breaker=breaker)
+        await cache.set_many([("k", b"v")])
+        breaker.failure()  # open
+        clock.t += 5  # half-open: the next call is the trial
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            task = asyncio.create_task(cache.get_many(["k"]))
+            await asyncio.sleep(0.1)  # the trial is waiting on the frozen Redis
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert breaker.allow()  # the slot was released: a new trial may go
+        breaker.release()
+        assert await cache.get_many(["k"]) == [b"v"]
+        assert breaker.state == "closed"
+        await cache.close()
+
+    asyncio.run(run())
