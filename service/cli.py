@@ -51,6 +51,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app, limit_native_threads
+    from .http_protocol import HardenedHttpToolsProtocol
     from .json_logs import setup_json_logging
     from .state import BundleLoadError, ServingState
 
@@ -74,6 +75,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "timeout_keep_alive": 5,
         "server_header": False,
         "backlog": 2048,
+        # bounded request heads, JSON errors even for requests that are not valid HTTP (http_protocol.py)
+        "http": HardenedHttpToolsProtocol,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings, snapshot), **common)

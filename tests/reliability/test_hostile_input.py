@@ -222,7 +222,7 @@ def test_many_concurrent_export_streams_are_complete(server: ServerProcess, synt
 
 
 def test_server_survives_everything_above(client: httpx.Client) -> None:
-    """Runs last in this module: the process still answers, and no request ended in a 5xx."""
+    """After the cases above: the process still answers, and no request ended in a 5xx."""
     assert client.get("/livez").status_code == 200
     metrics = client.get("/metrics").text
     bad = [
@@ -231,3 +231,49 @@ def test_server_survives_everything_above(client: httpx.Client) -> None:
         if line.startswith("hashrec_http_requests_total") and 'status="5' in line
     ]
     assert not bad, bad
+
+
+def _raw_exchange(port: int, payload: bytes) -> bytes:
+    """Send raw bytes, return everything the server answers before closing (bounded wait)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        with contextlib.suppress(OSError):  # the server may close while we are still sending
+            s.sendall(payload)
+        out = b""
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                out += chunk
+        return out
+
+
+def _json_error(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"content-type: application/json" in head.lower(), head
+    return status, json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        (b"GET /recommend/" + b"u" * 10_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (
+            b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 10_000_000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"GET /livez HTTP/1.1\r\n" + b"X-A: b\r\n" * 300_000 + b"\r\n", 431, "headers_too_large"),
+        (b"THIS IS NOT HTTP\r\n\r\n", 400, "malformed_http"),
+        (b"GET /livez HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400, "malformed_http"),
+        (b"GET /livez HTTP/9.9\x00\r\n\r\n", 400, "malformed_http"),
+    ],
+)
+def test_requests_that_are_not_valid_http_get_json_errors(
+    server: ServerProcess, payload: bytes, status: int, code: str
+) -> None:
+    """Below the app: oversized request heads are refused early (bounded memory per connection) and even
+    garbage gets the one JSON error shape (service/http_protocol.py)."""
+    got_status, err = _json_error(_raw_exchange(server.port, payload))
+    assert (got_status, err["code"]) == (status, code), err
+    assert err["message"]
+    with httpx.Client(base_url=server.url) as c:
+        assert c.get("/livez").status_code == 200
