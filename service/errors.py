@@ -69,6 +69,7 @@ def error_doc(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong bearer token",
         403: "Endpoint disabled",
         404: "Unknown user (when configured to 404) or unknown bundle version",
+        409: "Hot reload is not possible with several worker processes",
         413: "Request body too large",
         422: "A parameter or body field is out of range or malformed; `field` names it",
         503: "No bundle is loaded",

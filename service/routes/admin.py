@@ -43,7 +43,7 @@ def _check_token(ctx: Ctx, authorization: str | None) -> None:
     "/admin/reload",
     response_model=ReloadResponse,
     summary="Load and swap in a bundle version",
-    responses=error_doc(401, 403, 404, 422),
+    responses=error_doc(401, 403, 404, 409, 422),
 )
 async def reload(
     ctx: Ctx,
@@ -57,6 +57,14 @@ async def reload(
     serving.
     """
     _check_token(ctx, authorization)
+    if ctx.settings.workers > 1:
+        # A request reaches one worker process: reloading it alone would serve two versions at once.
+        raise ApiError(
+            409,
+            "reload_unsupported",
+            f"hot reload needs a single worker process (HASHREC_WORKERS={ctx.settings.workers}); run one worker "
+            "per container and scale with containers, or restart the service to pick up the new bundle",
+        )
     version = body.version if body else None
     previous = ctx.snapshot().version
     t0 = time.perf_counter()

@@ -195,3 +195,19 @@ def test_admin_disabled_without_token(bundles, tmp_path) -> None:  # type: ignor
 
 def test_service_still_answers_after_bad_inputs(client: httpx.Client) -> None:
     assert client.get("/recommend/u000").status_code == 200
+
+
+def test_reload_refused_with_several_workers(bundles, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With two worker processes a reload would reach one of them: refused, both keep one version."""
+    from service_harness import ServerProcess
+
+    srv = ServerProcess(
+        bundles, tmp_path / "log", HASHREC_ADMIN_TOKEN=ADMIN_TOKEN, HASHREC_WORKERS="2"
+    ).start()
+    try:
+        r = httpx.post(srv.url + "/admin/reload", headers=AUTH)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "reload_unsupported"
+        versions = {httpx.get(srv.url + "/readyz").json()["version"] for _ in range(8)}
+        assert len(versions) == 1
+    finally:
+        srv.stop()

@@ -186,3 +186,22 @@ def test_offline_export_unknown_users_named(bundles: Path, tmp_path: Path) -> No
     )
     assert proc.returncode == 2 and "not-a-user" in proc.stderr and str(users) in proc.stderr
     assert not (tmp_path / "o.ndjson").exists()
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(bundles: Path, tmp_path: Path) -> None:
+    import os
+
+    shim = tmp_path / "shim" / "pyarrow"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('pyarrow is not installed (test shim)')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shim")}
+    out = tmp_path / "c.parquet"
+    proc = subprocess.run(
+        [HASHREC, "export-candidates", "--bundles", str(bundles), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert "hashrec[parquet]" in proc.stderr and not out.exists()
