@@ -24,6 +24,7 @@ the threshold to 1024; the JSON records both.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -427,7 +428,7 @@ def _gowalla(run_dir: Path, repeats: int) -> dict[str, Any] | None:
     }
 
 
-def _plot(scaling: list[dict[str, Any]], path: Path) -> None:
+def _plot(scaling: list[dict[str, Any]], mem: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -453,7 +454,6 @@ def _plot(scaling: list[dict[str, Any]], path: Path) -> None:
     a.set_ylabel("ms per query (median, 1 thread)")
     a.set_title(f"Recall stage: Hamming top-{C} vs float top-{K}, {BITS} bits / {BITS}-d")
     a.legend(fontsize=7)
-    mem = scaling[-1]["bytes_per_item"]
     b.bar(list(mem), list(mem.values()))
     b.set_yscale("log")
     b.set_ylabel("bytes per item (index)")
@@ -462,6 +462,15 @@ def _plot(scaling: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _memory(out: dict[str, Any]) -> dict[str, float]:
+    """Index bytes per item of every index type measured (serialized sizes; flat ones exact)."""
+    one = next(s for s in out["scaling"] if s["items"] == out["items"])
+    mem = {**one["bytes_per_item"], **out["end_to_end"]["bytes_per_item"]}
+    if "binary_hnsw_bytes_per_item" in out:
+        mem["binary_hnsw"] = out["binary_hnsw_bytes_per_item"]
+    return mem
 
 
 def _status(ok: bool) -> str:
@@ -545,11 +554,16 @@ def _markdown(out: dict[str, Any]) -> str:
         "",
     ]
     keys = [k for k in names if all(k in s["single_ms"] for s in out["scaling"])]
-    rows = [[f"{s['items']:,}"] + [f"{s['single_ms'][k]:.3f}" for k in keys] for s in out["scaling"]]
-    lines += [md_table(["items", *keys], rows), ""]
-    mem = {**one["bytes_per_item"], **e2e["bytes_per_item"]}
-    if "binary_hnsw_bytes_per_item" in out:
-        mem["binary_hnsw"] = out["binary_hnsw_bytes_per_item"]
+    rows = []
+    for s in out["scaling"]:
+        ivf_rec = next(r["recall"] for r in s["ivf"]["sweep"] if r["nprobe"] == s["ivf"]["nprobe"])
+        rows.append(
+            [f"{s['items']:,}"]
+            + [f"{s['single_ms'][k]:.3f}" for k in keys]
+            + [f"{s['ivf']['nlist']} / {s['ivf']['nprobe']} / {ivf_rec:.4f}"]
+        )
+    lines += [md_table(["items", *keys, "IVF nlist / nprobe / recall"], rows), ""]
+    mem = _memory(out)
     lines += ["Bytes per item: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()) + ".", ""]
     g = out.get("gowalla")
     if g:
@@ -656,7 +670,24 @@ def _targets(out: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _render(out: dict[str, Any]) -> str:
+    """Plot and docs section from a results dict (a fresh run or the saved JSON)."""
+    from .report import machine_info
+
+    plot = DOCS / out["plot"]
+    out["targets"] = _targets(out)
+    _plot(out["scaling"], _memory(out), plot)
+    out.setdefault("machine", machine_info())
+    md = _markdown(out)
+    write_section("retrieval", md)
+    return md
+
+
 def _cmd(args: argparse.Namespace) -> int:
+    if args.report_only:  # re-render docs from the saved results: no measurement, same numbers
+        saved = json.loads((DOCS / "results" / "retrieval.json").read_text())
+        print(_render(saved))
+        return 0
     blas = _prepare_blas()
     import faiss
 
@@ -710,8 +741,6 @@ def _cmd(args: argparse.Namespace) -> int:
     out["plot"] = plot.name
     out["targets"] = _targets(out)
     if quick and not args.save:
-        import json
-
         print(
             json.dumps(
                 {"targets": out["targets"], "scaling": out["scaling"], "end_to_end": out["end_to_end"]},
@@ -720,14 +749,9 @@ def _cmd(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    _plot(out["scaling"], plot)
     path = save_json("retrieval", out)
-    from .report import machine_info
-
-    out["machine"] = machine_info()
-    md = _markdown(out)
-    write_section("retrieval", md)
-    print(md)
+    out["machine"] = json.loads(path.read_text())["machine"]  # the run's machine and date, as saved
+    print(_render(out))
     log.info("saved %s, %s and docs/benchmarks.md (%.0f s)", path, plot, out["seconds"])
     return 0
 
@@ -739,6 +763,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--quick", action="store_true", help="100k items, seconds: a smoke run (not saved unless --save)"
     )
     p.add_argument("--save", action="store_true", help="save even a --quick run")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render docs/benchmarks.md and the plot from docs/results/retrieval.json (no measurement)",
+    )
     p.add_argument("--large", action="store_true", help="add 10M items to the scaling (minutes, ~4 GB RAM)")
     p.add_argument("--queries", type=int, default=100, help="single queries per method (default 100)")
     p.add_argument("--repeats", type=int, default=5, help="batch repeats per method (default 5)")
