@@ -409,9 +409,9 @@ class Retriever:
             out.append(
                 Recommendation(
                     user=None,
-                    items=[str(x) for x in raw[ids]],
-                    scores=[float(s) for s in scores[r][ok]],
-                    hamming=[int(h) for h in ham[r][ok]],
+                    items=[str(x) for x in raw[ids].tolist()],
+                    scores=scores[r][ok].tolist(),  # tolist: Python floats/ints, element loop in C
+                    hamming=ham[r][ok].tolist(),
                 )
             )
         return out
@@ -482,6 +482,8 @@ class Retriever:
         """(scores, idx, positions in ``cand``) of the top ``k`` by score desc, item id asc."""
         n, c = cand.shape
         k = min(k, c)
+        if n == 1:
+            return self._rerank_one(user_z[0], cand[0], k)
         empty = cand < 0
         safe = np.where(empty, 0, cand)
         # np.take, not fancy indexing: ~3x faster for a gather of rows (no generic index machinery)
@@ -513,6 +515,33 @@ class Retriever:
             np.take_along_axis(cand, pos, axis=1),
             pos,
         )
+
+    def _rerank_one(
+        self, z: np.ndarray, cand: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_rerank` for one user on 1-d arrays (the serving case: fewer, cheaper numpy calls)."""
+        empty = cand < 0
+        has_empty = bool(empty.any())
+        safe = np.where(empty, 0, cand) if has_empty else cand
+        gathered = np.take(self.bundle.item_z, safe, axis=0)
+        if gathered.dtype != np.float32:
+            gathered = gathered.astype(np.float32)
+        scores = np.einsum("cd,d->c", gathered, z).astype(np.float32, copy=False)
+        tie = safe
+        if has_empty:
+            scores[empty] = -np.inf
+            tie = np.where(empty, np.iinfo(np.int64).max, safe)
+        neg = -scores
+        c = len(cand)
+        if k < c:
+            pos = np.argpartition(neg, k - 1)[:k]
+            kth = neg[pos].max()
+            if (neg == kth).sum() != (neg[pos] == kth).sum():  # a tie across the boundary: full sort
+                pos = np.lexsort((tie, neg))[:k]
+            pos = pos[np.lexsort((tie[pos], neg[pos]))]
+        else:
+            pos = np.lexsort((tie, neg))
+        return scores[pos][None, :], cand[pos][None, :], pos[None, :]
 
 
 def _check_k(k: int, candidates: int) -> tuple[int, int]:
