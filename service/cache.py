@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
@@ -24,6 +24,7 @@ from .metrics import ServiceMetrics
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "hashrec:ans:v1"
+_MAX_KEYS_PER_MGET = 512
 
 
 def answer_key(version: str, user: str, k: int, candidates: int, exclude_seen: bool) -> str:
@@ -245,6 +246,10 @@ class RedisCache:
         )
         self._redis = Redis(connection_pool=self._pool)
         self._last_error: str | None = None
+        self.max_fetches = max(1, min(4, pool_size))
+        self._waiting: deque[tuple[list[str], asyncio.Future[list[bytes | None]]]] = deque()
+        self._fetching = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _count(self, op: str, result: str, n: int = 1) -> None:
         if self._metrics is not None and n:
@@ -271,26 +276,65 @@ class RedisCache:
         self.breaker.success()
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """MGET; a failure or an open breaker reads as all misses."""
+        """Values for ``keys``; a failure or an open breaker reads as all misses.
+
+        Look-ups of concurrent requests are coalesced: while ``max_fetches`` MGETs are in flight, new
+        look-ups queue and go together in the next MGET (one round trip and one client call for many
+        requests; the Python client's per-call cost, not Redis, limits a cached service otherwise).
+        """
         if not keys:
             return []
-        if not self.breaker.allow():
+        if self.breaker.state == "open":
             self._count("get", "skipped", len(keys))
             return [None] * len(keys)
+        fut: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(keys), fut))
+        self._kick()
+        # a cancelled request cancels only its own wait: the MGET it joined completes for the others
+        return await fut
+
+    def _kick(self) -> None:
+        while self._fetching < self.max_fetches and self._waiting:
+            batch: list[tuple[list[str], asyncio.Future[list[bytes | None]]]] = []
+            n = 0
+            while self._waiting and (not batch or n + len(self._waiting[0][0]) <= _MAX_KEYS_PER_MGET):
+                item = self._waiting.popleft()
+                batch.append(item)
+                n += len(item[0])
+            self._fetching += 1
+            task = asyncio.get_running_loop().create_task(self._fetch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, batch: list[tuple[list[str], asyncio.Future[list[bytes | None]]]]) -> None:
+        keys = [k for ks, _f in batch for k in ks]
+        values: list[bytes | None] = [None] * len(keys)
         try:
-            # wait_for bounds the whole call (pool wait + connect + reply) even if a socket timeout misfires.
-            values = await asyncio.wait_for(self._redis.mget(list(keys)), timeout=self.timeout_s * 2)
-        except asyncio.CancelledError:
-            self.breaker.release()
-            raise
-        except Exception as err:  # any Redis/OS/timeout error is a cache failure, never the request's
-            self._on_failure("get", len(keys), err)
-            return [None] * len(keys)
-        self._on_success()
-        hits = sum(v is not None for v in values)
-        self._count("get", "hit", hits)
-        self._count("get", "miss", len(keys) - hits)
-        return [v if isinstance(v, bytes) else None for v in values]
+            if not self.breaker.allow():
+                self._count("get", "skipped", len(keys))
+                return
+            try:
+                # wait_for bounds the whole call (pool wait + connect + reply) even if a socket timeout misfires
+                raw = await asyncio.wait_for(self._redis.mget(keys), timeout=self.timeout_s * 2)
+            except asyncio.CancelledError:
+                self.breaker.release()  # shutting down: the trial (if this was one) never finished
+                raise
+            except Exception as err:  # any Redis/OS/timeout error is a cache failure, never the request's
+                self._on_failure("get", len(keys), err)
+                return
+            self._on_success()
+            values = [v if isinstance(v, bytes) else None for v in raw]
+            hits = sum(v is not None for v in values)
+            self._count("get", "hit", hits)
+            self._count("get", "miss", len(keys) - hits)
+        finally:
+            pos = 0
+            for ks, fut in batch:  # every waiting request gets an answer, whatever happened above
+                if not fut.done():
+                    fut.set_result(values[pos : pos + len(ks)])
+                pos += len(ks)
+            self._fetching -= 1
+            self._kick()
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         """SET PX for each item in one pipeline round trip; failures are counted, not raised."""
@@ -324,7 +368,13 @@ class RedisCache:
             return False
 
     async def close(self) -> None:
-        """Close the pool's connections."""
+        """Answer queued look-ups as misses, stop in-flight ones, close the pool's connections."""
+        while self._waiting:
+            keys, fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_result([None] * len(keys))
+        for task in list(self._tasks):
+            task.cancel()
         try:
             await self._redis.aclose()
             await self._pool.disconnect()

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import time
 
+import redis
+
 from hashrec.service.cache import CircuitBreaker, LruCache, RedisCache, answer_key
 from hashrec.service.metrics import ServiceMetrics
 
@@ -112,15 +114,16 @@ def test_redis_cache_round_trip_and_breaker_on_dead_redis(redis_server) -> None:
     assert m.registry.get_sample_value("hashrec_cache_breaker_open") == 1
 
 
-def test_cancelled_trial_does_not_wedge_the_breaker(redis_server) -> None:  # type: ignore[no-untyped-def]
-    """A half-open trial whose request is cancelled must free the trial slot (else: never closes again)."""
+def test_cancelled_request_does_not_wedge_the_breaker(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A request cancelled while its half-open trial waits on Redis must not leave the breaker stuck: the
+    trial completes for the others (or, if the trial itself is cancelled, frees the slot)."""
     import signal
 
     clock = FakeClock()
 
     async def run() -> None:
         breaker = CircuitBreaker(1, 5, clock=clock)
-        cache = RedisCache(redis_server.url, ttl_s=30, timeout_s=2.0, pool_size=2, breaker=breaker)
+        cache = RedisCache(redis_server.url, ttl_s=30, timeout_s=1.0, pool_size=2, breaker=breaker)
         await cache.set_many([("k", b"v")])
         breaker.failure()  # open
         clock.t += 5  # half-open: the next call is the trial
@@ -133,10 +136,39 @@ def test_cancelled_trial_does_not_wedge_the_breaker(redis_server) -> None:  # ty
                 await task
         finally:
             redis_server.proc.send_signal(signal.SIGCONT)
-        assert breaker.allow()  # the slot was released: a new trial may go
-        breaker.release()
-        assert await cache.get_many(["k"]) == [b"v"]
+        for _ in range(50):  # the trial's MGET completes once Redis runs again, and closes the breaker
+            if breaker.state == "closed":
+                break
+            await asyncio.sleep(0.05)
         assert breaker.state == "closed"
+        assert await cache.get_many(["k"]) == [b"v"]
+        # a trial abandoned outright (its task cancelled: shutdown) frees the slot
+        breaker.failure()
+        clock.t += 5
+        assert breaker.allow() and not breaker.allow()
+        breaker.release()
+        assert breaker.allow()
         await cache.close()
 
     asyncio.run(run())
+
+
+def test_concurrent_lookups_share_round_trips(redis_server) -> None:  # type: ignore[no-untyped-def]
+    m = ServiceMetrics()
+
+    async def run() -> None:
+        cache = RedisCache(
+            redis_server.url, ttl_s=30, timeout_s=0.5, pool_size=4, breaker=CircuitBreaker(3, 5), metrics=m
+        )
+        await cache.set_many([(f"k{i}", f"v{i}".encode()) for i in range(100)])
+        cache.max_fetches = 1
+        results = await asyncio.gather(*(cache.get_many([f"k{i}", "absent"]) for i in range(100)))
+        assert results == [[f"v{i}".encode(), None] for i in range(100)]
+        await cache.close()
+
+    asyncio.run(run())
+    get = {"backend": "redis", "op": "get"}
+    assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "hit"}) == 100
+    assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "miss"}) == 100
+    info = redis.Redis.from_url(redis_server.url).info("commandstats")
+    assert info["cmdstat_mget"]["calls"] <= 3  # 100 look-ups, at most a few round trips
