@@ -73,6 +73,7 @@ class FaultConfig:
     rate: float = 150.0  # requests/s, open loop
     connections: int = 32
     phase_s: float = 4.0  # before / during / after each last this long
+    breaker_reset_s: float = 2.0  # Redis scenarios: one trial call per this long while the breaker is open
     sample_users: int = 400  # users the load asks for (answers precomputed per version)
     workdir: Path | None = None
 
@@ -313,7 +314,8 @@ def _redis_scenario(
         {
             "HASHREC_REDIS_URL": redis.url,
             "HASHREC_NEAR_CACHE_SIZE": "0",
-            "HASHREC_BREAKER_RESET_S": "2",  # one trial per 2 s: 0.5% of requests at 100/s
+            # one trial call per reset period: at 2 s and 100 req/s that is 0.5% of the requests
+            "HASHREC_BREAKER_RESET_S": str(h.cfg.breaker_reset_s),
             "HASHREC_REDIS_TIMEOUT_S": "0.05",
         },
     )
@@ -771,14 +773,21 @@ def export_killed(h: Harness, trials: int = 4) -> ScenarioResult:
                 "-c",
                 _EXPORT_CHILD,
                 str(bundles),
-                str(h.cfg.n_users * 4),
+                str(h.cfg.n_users * 10),
                 str(h.cfg.n_items * 4),
                 str(100 + trial),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(1.0, 2.5))  # after the imports, while arrays are being written
+        # wait until the export's temporary directory exists (files are being written), then a random
+        # few milliseconds more, then SIGKILL
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.name.startswith(".tmp-") for p in bundles.iterdir()):
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is None:
             killed_mid += 1
         proc.kill()

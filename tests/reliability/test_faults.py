@@ -26,6 +26,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         rate=80.0,
         connections=16,
         phase_s=2.0,
+        breaker_reset_s=0.5,  # recovery must show within a 2 s phase
         sample_users=200,
         workdir=tmp_path_factory.mktemp("faults"),
     )
