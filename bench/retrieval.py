@@ -203,7 +203,7 @@ def _recall_stage(d: dict[str, Any], n_single: int, repeats: int, ivf_nlist: int
     heap.add(codes)
     mc = faiss.IndexBinaryFlat(BITS)
     mc.add(codes)
-    mc.use_heap = False
+    mc.use_heap = False  # type: ignore[attr-defined]
     ivf, ivf_params, res["ivf_build_s"] = _cached_ivf(codes, ivf_nlist)
     exact_d, _ = fastscan.topk(codes, qcodes, C) if fastscan.available() else mc.search(qcodes, C)
     # IVF: the smallest nprobe reaching 0.99 recall of the exact Hamming top-C (ties counted)
@@ -280,7 +280,7 @@ def _end_to_end(d: dict[str, Any], rs: dict[str, Any], n_single: int, repeats: i
     quality = {}
     for name, r in ours.items():
         recs = r.recommend(users, K, C)
-        top = np.array([[int(x) for x in rec.items] for rec in recs])  # type: ignore[union-attr]
+        top = np.array([[int(x) for x in rec.items] for rec in recs])
         quality[name] = overlap_at_k(top, truth)
     fi = faiss.IndexFlatIP(BITS)
     fi.add(item_z)
@@ -304,7 +304,7 @@ def _end_to_end(d: dict[str, Any], rs: dict[str, Any], n_single: int, repeats: i
     chosen = None
     below = None  # the largest efSearch still under our recall: HNSW "at our recall" lies in between
     for ef in (16, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512):
-        hnsw.hnsw.efSearch = ef
+        hnsw.hnsw.efSearch = ef  # type: ignore[attr-defined]
         rec = overlap_at_k(_float_topk_excluding(hnsw, user_z, seen_rows, K), truth)
         sweep.append({"efSearch": ef, "recall_at_20": rec})
         if rec >= quality["ours_exact"]:
@@ -319,10 +319,10 @@ def _end_to_end(d: dict[str, Any], rs: dict[str, Any], n_single: int, repeats: i
         "sweep": sweep,
         "reached_target": chosen is not None,
     }
-    hnsw.hnsw.efSearch = chosen or 512
+    hnsw.hnsw.efSearch = chosen or 512  # type: ignore[attr-defined]
     quality["float_hnsw"] = sweep[-1]["recall_at_20"]
     # the same graph searched with the lower efSearch (per-call search parameters, no copy)
-    below_params = faiss.SearchParametersHNSW(efSearch=below) if below is not None else None
+    below_params = faiss.SearchParametersHNSW(efSearch=below) if below is not None else None  # type: ignore[attr-defined]
     if below is not None:
         quality["float_hnsw_below"] = sweep[-2]["recall_at_20"]
     quality["float_flat_ip"] = 1.0
@@ -756,7 +756,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench retrieval``."""
     p = sub.add_parser("retrieval", help="Hamming recall + re-rank vs float search at 1M items (and scaling)")
     p.add_argument(

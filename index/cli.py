@@ -118,7 +118,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` and ``bundle verify``."""
     ex = sub.add_parser("export", help="export a training run as a versioned bundle (atomic publish)")
     ex.add_argument("run_dir", help="training run directory (dataset/ + embeddings.npz)")

@@ -19,7 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 try:
-    from . import _hamming  # type: ignore[attr-defined]
+    from . import _hamming
 except ImportError:  # not compiled (no C compiler at install time): FAISS is used instead
     _hamming = None
 
