@@ -23,6 +23,7 @@ from .context import ServiceContext
 from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import ServiceMiddleware
+from .quality_monitor import QualityMonitor
 from .routes import admin, export, health, recommend
 from .settings import Settings
 from .state import ServingState, Snapshot
@@ -98,7 +99,8 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
             metrics.batch_size.observe(size)
 
         batcher = MicroBatcher(executor, max_inflight=settings.compute_threads, observe=observe_batch)
-        app.state.ctx = ServiceContext(settings, metrics, state, cache, executor, batcher)
+        quality = QualityMonitor(metrics.registry, settings.quality_sample_rate, executor)
+        app.state.ctx = ServiceContext(settings, metrics, state, cache, executor, batcher, quality=quality)
         log.info(
             "serving bundle %s (%s, %d items, %d bits), cache %s, %d compute threads",
             snap.version,

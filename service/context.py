@@ -13,6 +13,7 @@ from .batcher import MicroBatcher
 from .cache import AnswerCache
 from .errors import ApiError
 from .metrics import ServiceMetrics
+from .quality_monitor import QualityMonitor
 from .settings import Settings
 from .state import ServingState, Snapshot
 
@@ -28,6 +29,7 @@ class ServiceContext:
     executor: ThreadPoolExecutor
     batcher: MicroBatcher
     started: float = field(default_factory=time.monotonic)
+    quality: QualityMonitor | None = None  # samples answers for hashrec_recall_overlap (quality_monitor.py)
 
     def snapshot(self) -> Snapshot:
         """The snapshot this request will use from start to end; 503 when none is loaded."""

@@ -158,6 +158,9 @@ class Recommender:
                         out[pos] = await self.fallback(snap, users[pos], p, "unknown user")
                         continue
                     body = items_json(rec)
+                    q = self.ctx.quality
+                    if q is not None and q.sampled():  # exact top-k in the background (quality_monitor.py)
+                        q.submit(snap.bundle, users[pos], rec.items, p.k, p.exclude_seen)
                     fresh.append(
                         (answer_key(snap.version, users[pos], p.k, p.candidates, p.exclude_seen), body)
                     )

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open the breaker")
     breaker_reset_s: float = Field(default=5.0, gt=0, description="seconds open before one trial call")
 
+    # -- observability -----------------------------------------------------------------------------------
+    quality_sample_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="fraction of model answers also scored exactly (all items) to export their recall overlap "
+        "(hashrec_recall_overlap); 0 = off",
+    )
+
     # -- admin ------------------------------------------------------------------------------------------
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token of POST /admin/reload; unset = endpoint disabled"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,3 +108,47 @@ def test_submit_runs_in_the_background_and_is_bounded(bundle) -> None:  # type: 
     pool.shutdown()
     assert _value(reg, "hashrec_recall_overlap_count") == 2
     assert _value(reg, "hashrec_recall_overlap_sum") == 0.0  # an empty served list overlaps nothing
+
+
+def test_live_server_exports_the_overlap_of_sampled_answers(
+    bundles: Path,
+    start_server,
+    synth_dataset,  # type: ignore[no-untyped-def]
+) -> None:
+    """HASHREC_QUALITY_SAMPLE_RATE=1: every model answer is measured; with C = every item the served
+    answer is the exact one (overlap 1), with C = k it is not (random codes)."""
+    import httpx
+
+    srv = start_server(bundles, env={"HASHREC_QUALITY_SAMPLE_RATE": "1", "HASHREC_CACHE": "none"})
+    users = [str(u) for u in synth_dataset.users.raw[:30]]
+    n_items = synth_dataset.n_items
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for u in users:
+            assert c.get(f"/recommend/{u}", params={"k": 10, "candidates": n_items}).status_code == 200
+        text = ""
+        for _ in range(50):  # measured in the background: wait for all 30
+            text = c.get("/metrics").text
+            if "hashrec_recall_overlap_count 30.0" in text:
+                break
+            time.sleep(0.05)
+        assert "hashrec_recall_overlap_count 30.0" in text and "hashrec_recall_overlap_sum 30.0" in text
+        for u in users:
+            assert c.get(f"/recommend/{u}", params={"k": 10, "candidates": 10}).status_code == 200
+        for _ in range(50):
+            text = c.get("/metrics").text
+            if "hashrec_recall_overlap_count 60.0" in text:
+                break
+            time.sleep(0.05)
+    count = float(text.split("hashrec_recall_overlap_count ")[1].split()[0])
+    total = float(text.split("hashrec_recall_overlap_sum ")[1].split()[0])
+    assert count == 60.0 and 30.0 < total < 60.0  # the C = k answers miss part of the exact top-10
+
+
+def test_sampling_off_measures_nothing(bundles: Path, start_server, synth_dataset) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    srv = start_server(bundles, env={"HASHREC_QUALITY_SAMPLE_RATE": "0", "HASHREC_CACHE": "none"})
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for u in synth_dataset.users.raw[:20]:
+            c.get(f"/recommend/{u}")
+        assert "hashrec_recall_overlap_count 0.0" in c.get("/metrics").text
