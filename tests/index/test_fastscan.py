@@ -67,3 +67,22 @@ def test_threshold_rescan_path() -> None:
 def test_bad_shapes() -> None:
     with pytest.raises(ValueError, match="equal widths"):
         fastscan.topk(np.zeros((4, 8), np.uint8), np.zeros((1, 4), np.uint8), 2)
+
+
+def test_without_the_extension_the_retriever_falls_back_to_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build without a C compiler: `auto` searches with FAISS (same answers), `fast` is refused clearly."""
+    from index_helpers import random_z
+
+    from hashrec.index import Retriever
+
+    uz, iz = random_z(20, 64, 1, clusters=4), random_z(500, 64, 2, clusters=4)
+    with_scan = Retriever.from_arrays(uz, iz).recommend([str(u) for u in range(20)], 10, 50)
+    monkeypatch.setattr(fastscan, "_hamming", None)
+    assert not fastscan.available() and fastscan.kernel() == "unavailable"
+    r = Retriever.from_arrays(uz, iz)
+    assert not r._fast
+    assert r.recommend([str(u) for u in range(20)], 10, 50) == with_scan
+    with pytest.raises(ValueError, match="needs the compiled extension"):
+        Retriever.from_arrays(uz, iz, scan="fast")
+    with pytest.raises(RuntimeError, match="not built"):
+        fastscan.topk(np.zeros((2, 8), np.uint8), np.zeros((1, 8), np.uint8), 1)
