@@ -254,6 +254,159 @@ done:
     return rc;
 }
 
+/* ---- top-k restricted to ranges of a permuted code array (the probed lists of an IVF) ---------------- */
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* One query over the union of [starts[r], ends[r]) of `codes` (rows permuted; ids[pos] = item id).
+ * Output: the min(k, total) nearest by (distance, item id), rest padded with (maxd + 1, -1). */
+static int topk_ranges_one(const uint8_t *codes, size_t nb, const int64_t *ids, const uint8_t *q, size_t k,
+                           const int64_t *starts, const int64_t *ends, size_t nr, int32_t *dist_out,
+                           int64_t *idx_out) {
+    const unsigned maxd = (unsigned)(8 * nb);
+    size_t total = 0;
+    for (size_t r = 0; r < nr; r++)
+        if (ends[r] > starts[r]) total += (size_t)(ends[r] - starts[r]);
+    for (size_t j = 0; j < k; j++) {
+        dist_out[j] = (int32_t)(maxd + 1);
+        idx_out[j] = -1;
+    }
+    size_t kk = k < total ? k : total;
+    if (kk == 0) return 0;
+    /* threshold from a strided sample of the probed codes (the lists are short: a stride is cheap) */
+    uint64_t *hist = calloc(maxd + 1, sizeof(uint64_t));
+    if (!hist) return -1;
+    size_t stride = total > 16384 ? total / 16384 : 1, seen_n = 0, sampled = 0;
+    for (size_t r = 0; r < nr; r++) {
+        for (int64_t i = starts[r]; i < ends[r]; i++, seen_n++) {
+            if (seen_n % stride) continue;
+            hist[hamming_one(codes + (size_t)i * nb, q, nb)]++;
+            sampled++;
+        }
+    }
+    double want = (1.25 * (double)kk + 64.0) * (double)sampled / (double)total;
+    double cum = 0;
+    unsigned t = maxd;
+    for (unsigned d = 0; d <= maxd; d++) {
+        cum += (double)hist[d];
+        if (cum >= want) {
+            t = d;
+            break;
+        }
+    }
+    cands_t c = {0};
+    int rc = 0;
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        c.len = 0;
+        for (size_t r = 0; r < nr && rc == 0; r++)
+            if (ends[r] > starts[r]) rc = scan(codes, nb, (size_t)starts[r], (size_t)ends[r], q, t, &c);
+        if (rc || c.len >= kk) break;
+        /* the estimate was too tight: exact threshold from a full histogram of the probed codes */
+        memset(hist, 0, (maxd + 1) * sizeof(uint64_t));
+        for (size_t r = 0; r < nr; r++)
+            for (int64_t i = starts[r]; i < ends[r]; i++) hist[hamming_one(codes + (size_t)i * nb, q, nb)]++;
+        uint64_t cnt = 0;
+        t = maxd;
+        for (unsigned d = 0; d <= maxd; d++) {
+            cnt += hist[d];
+            if (cnt >= kk) {
+                t = d;
+                break;
+            }
+        }
+    }
+    free(hist);
+    if (rc == 0 && c.len < kk) rc = -2;
+    if (rc == 0) {
+        /* counting sort by distance, then item ids ascending inside each distance */
+        size_t *start = calloc(maxd + 2, sizeof(size_t));
+        int64_t *sorted = malloc(c.len * sizeof(int64_t));
+        if (!start || !sorted) {
+            rc = -1;
+        } else {
+            for (size_t j = 0; j < c.len; j++) start[c.dist[j] + 1]++;
+            for (unsigned d = 0; d <= maxd; d++) start[d + 1] += start[d];
+            size_t *fill = malloc((maxd + 1) * sizeof(size_t));
+            if (!fill) {
+                rc = -1;
+            } else {
+                memcpy(fill, start, (maxd + 1) * sizeof(size_t));
+                for (size_t j = 0; j < c.len; j++) sorted[fill[c.dist[j]]++] = ids[c.ids[j]];
+                free(fill);
+                size_t out = 0;
+                for (unsigned d = 0; d <= maxd && out < kk; d++) {
+                    size_t lo = start[d], hi = start[d + 1];
+                    if (hi == lo) continue;
+                    qsort(sorted + lo, hi - lo, sizeof(int64_t), cmp_i64);
+                    for (size_t j = lo; j < hi && out < kk; j++, out++) {
+                        dist_out[out] = (int32_t)d;
+                        idx_out[out] = sorted[j];
+                    }
+                }
+            }
+        }
+        free(start);
+        free(sorted);
+    }
+    free(c.ids);
+    free(c.dist);
+    return rc;
+}
+
+static PyObject *py_topk_ranges(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer codes, ids, queries, starts, ends, dist, idx;
+    Py_ssize_t nb, k, nr;
+    if (!PyArg_ParseTuple(args, "y*ny*y*ny*y*nw*w*", &codes, &nb, &ids, &queries, &k, &starts, &ends, &nr,
+                          &dist, &idx))
+        return NULL;
+    PyObject *result = NULL;
+    size_t n = nb > 0 ? (size_t)codes.len / (size_t)nb : 0;
+    size_t nq = nb > 0 ? (size_t)queries.len / (size_t)nb : 0;
+    if (nb <= 0 || 8 * nb > 65535 || (size_t)codes.len != n * (size_t)nb || (size_t)ids.len != n * sizeof(int64_t) ||
+        n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "codes must be whole rows of nb bytes with one int64 id per row");
+    } else if (k < 1 || nr < 0 || (size_t)starts.len != nq * (size_t)nr * sizeof(int64_t) ||
+               (size_t)ends.len != nq * (size_t)nr * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "k >= 1 and nq * nr int64 range starts and ends are required");
+    } else if ((size_t)dist.len != nq * (size_t)k * sizeof(int32_t) ||
+               (size_t)idx.len != nq * (size_t)k * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "output buffers must hold nq * k int32 distances and int64 ids");
+    } else {
+        const int64_t *st = (const int64_t *)starts.buf, *en = (const int64_t *)ends.buf;
+        int bad = 0;
+        for (size_t j = 0; j < nq * (size_t)nr; j++)
+            if (st[j] < 0 || en[j] > (int64_t)n) bad = 1;
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "a range lies outside the code array");
+        } else {
+            int rc = 0;
+            Py_BEGIN_ALLOW_THREADS for (size_t qi = 0; qi < nq && rc == 0; qi++) rc =
+                topk_ranges_one((const uint8_t *)codes.buf, (size_t)nb, (const int64_t *)ids.buf,
+                                (const uint8_t *)queries.buf + qi * (size_t)nb, (size_t)k, st + qi * (size_t)nr,
+                                en + qi * (size_t)nr, (size_t)nr, (int32_t *)dist.buf + qi * (size_t)k,
+                                (int64_t *)idx.buf + qi * (size_t)k);
+            Py_END_ALLOW_THREADS if (rc == -1) PyErr_NoMemory();
+            else if (rc) PyErr_SetString(PyExc_RuntimeError, "hamming topk_ranges: internal error");
+            else {
+                Py_INCREF(Py_None);
+                result = Py_None;
+            }
+        }
+    }
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&queries);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&dist);
+    PyBuffer_Release(&idx);
+    return result;
+}
+
 static PyObject *py_topk(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer codes, queries, dist, idx;
@@ -298,6 +451,8 @@ static PyObject *py_kernel(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"topk", py_topk, METH_VARARGS,
      "topk(codes, nb, queries, k, dist_out, idx_out): exact Hamming top-k, ties by item id."},
+    {"topk_ranges", py_topk_ranges, METH_VARARGS,
+     "topk_ranges(codes, nb, ids, queries, k, starts, ends, nr, dist_out, idx_out): exact top-k over ranges."},
     {"kernel", py_kernel, METH_NOARGS, "kernel(): which scan kernel this CPU uses."},
     {NULL, NULL, 0, NULL}};
 

@@ -89,9 +89,11 @@ class Retriever:
 
         Args:
             threads: FAISS thread count used by every search call (>= 1).
-            scan: exact search of a flat bundle: ``auto`` (the compiled scan of :mod:`.fastscan` when it is
-                built, else FAISS), ``fast`` (require the compiled scan) or ``faiss`` (IndexBinaryFlat).
-                Both give identical answers; approximate index types always search their FAISS index.
+            scan: how flat and IVF bundles are searched: ``auto`` (the compiled scan of :mod:`.fastscan`
+                when it is built, else FAISS), ``fast`` (require the compiled scan) or ``faiss``. Flat: both
+                are exact and identical. IVF: the same probed lists; the compiled scan breaks distance ties
+                by item id (FAISS's IVF heap does not), so ids at the boundary distance may differ. HNSW
+                bundles always search their FAISS index.
         """
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -100,6 +102,12 @@ class Retriever:
         if scan == "fast" and not fastscan.available():
             raise ValueError("scan='fast' needs the compiled extension hashrec.index._hamming (not built)")
         self._fast = bundle.index_type == "flat" and scan != "faiss" and fastscan.available()
+        # IVF bundles: the same probed lists, scanned by the compiled scan (ties by item id, like flat)
+        self._ivf = (
+            fastscan.IVFScan(bundle.index)
+            if bundle.index_type == "ivf" and scan != "faiss" and fastscan.available()
+            else None
+        )
         self.bundle = bundle
         self.version = bundle.version
         self.threads = int(threads)
@@ -445,6 +453,8 @@ class Retriever:
         """Hamming top-k over all items: the compiled exact scan for flat bundles, else the FAISS index."""
         if self._fast:
             return fastscan.topk(self._item_codes, codes, k)
+        if self._ivf is not None:
+            return self._ivf.search(codes, k)
         return binary_index.search(self.bundle.index, codes, k)
 
     def _recall_subset(

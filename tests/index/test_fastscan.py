@@ -86,3 +86,30 @@ def test_without_the_extension_the_retriever_falls_back_to_faiss(monkeypatch: py
         Retriever.from_arrays(uz, iz, scan="fast")
     with pytest.raises(RuntimeError, match="not built"):
         fastscan.topk(np.zeros((2, 8), np.uint8), np.zeros((1, 8), np.uint8), 1)
+
+
+@pytest.mark.parametrize("bits,nlist", [(64, 50), (32, 50), (128, 20), (24, 10)])
+def test_ivf_scan_equals_exact_search_of_the_probed_lists(bits: int, nlist: int) -> None:
+    """IVFScan returns the top-k of exactly the lists FAISS's quantizer picks, ties by item id, and the
+    same distances as IndexBinaryIVF.search (which does not break ties by id)."""
+    from hashrec.index import binary_index
+
+    codes = clustered_codes(6000, bits, bits + 7)
+    queries = codes[:: 6000 // 25][:25]
+    ivf, _ = binary_index.build_index(codes, "ivf", {"nlist": nlist, "nprobe": 1})
+    scan = fastscan.IVFScan(ivf)
+    for nprobe in (1, 3, nlist):
+        ivf.nprobe = nprobe
+        _, lists = ivf.quantizer.search(queries, nprobe)
+        for k in (1, 100, 7000):
+            d, i = scan.search(queries, k)
+            fd, _ = binary_index.search(ivf, queries, k)
+            np.testing.assert_array_equal(d, fd)
+            for r in range(len(queries)):
+                items = np.sort(
+                    np.concatenate([scan.ids[scan.offsets[li] : scan.offsets[li + 1]] for li in lists[r]])
+                )
+                dist = hamming(queries[r : r + 1], codes[items])[0].astype(np.int64)
+                expected = items[np.argsort(dist * len(codes) + items)[:k]]
+                np.testing.assert_array_equal(i[r, : len(expected)], expected)
+                assert (i[r, len(expected) :] == -1).all()
