@@ -178,6 +178,42 @@ def hostile_requests() -> list[tuple[str, str, dict[str, str], bytes]]:
     ]
 
 
+def raw_hostile_requests() -> list[bytes]:
+    """Hostile requests that are not valid HTTP (oversized heads, garbage), as raw bytes."""
+    return [
+        b"GET /recommend/" + b"u" * 10_000_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 10_000_000 + b"\r\n\r\n",
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS hello on the plain port
+    ]
+
+
+def raw_exchange(port: int, payload: bytes) -> tuple[int, str, bytes]:
+    """Send raw bytes to 127.0.0.1:port; (status, content type, body) of the answer, status 0 if none."""
+    import contextlib
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        with contextlib.suppress(OSError):  # the server may close while we are still sending
+            s.sendall(payload)
+        out = b""
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0, "", out
+    ctype = ""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-type":
+            ctype = value.strip().decode("latin-1")
+    return status, ctype, body
+
+
 def run_hostile(base_url: str) -> FuzzReport:
     """Send :func:`hostile_requests` (and a batch of concurrent export streams); collect violations."""
     import concurrent.futures as cf
@@ -199,6 +235,17 @@ def run_hostile(base_url: str) -> FuzzReport:
             problem = check_answer(status, ctype, content)
             if problem:
                 report.violations.append({"operation": name, "mode": "hostile", "problem": problem})
+
+    # below the app: requests that are not valid HTTP, sent as raw bytes
+    port = int(base_url.rsplit(":", 1)[1])
+    for payload in raw_hostile_requests():
+        status, ctype, content = raw_exchange(port, payload)
+        report.requests += 1
+        report.by_status[status] += 1
+        report.by_operation["raw (not valid HTTP)"] += 1
+        problem = check_answer(status, ctype, content)
+        if problem:
+            report.violations.append({"operation": repr(payload[:40]), "mode": "raw", "problem": problem})
 
     def export(i: int) -> tuple[int, str | None]:
         try:
@@ -261,7 +308,7 @@ def _cmd(args: argparse.Namespace) -> int:
     rows = []
     for name, rep in (
         ("schemathesis (positive + negative, every operation)", generated),
-        ("hand-written hostile + 32 concurrent exports", hostile),
+        ("hand-written hostile (HTTP and raw) + 32 concurrent exports", hostile),
     ):
         d = rep.as_dict()
         four = sum(v for k, v in rep.by_status.items() if 400 <= k < 500)
