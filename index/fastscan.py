@@ -1,4 +1,4 @@
-"""Exact Hamming top-k with the compiled threshold-filter scan (``index/_hamming.c``), when it is built.
+"""The compiled kernels of ``index/_hamming.c``, when built: exact Hamming top-k, IVF list scan, re-rank dots.
 
 The extension is optional (``setup.py`` builds it with ``optional=True``): :func:`available` says whether
 it loaded, and :func:`topk` raises RuntimeError when it did not, so callers (the Retriever) keep FAISS's
@@ -68,6 +68,20 @@ def topk(codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np
         dist[s : s + len(q)] = d
         idx[s : s + len(q)] = i
     return dist, idx
+
+
+def dots(item_z: np.ndarray, cand: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Re-rank scores ``<z[r], item_z[cand[r, j]]>`` (float32 [m, c]; -inf where cand < 0), gather and dot
+    fused in C with the rows prefetched a few candidates ahead (the gather's cache misses dominate)."""
+    if _hamming is None:
+        raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
+    item_z = np.ascontiguousarray(item_z, dtype=np.float32)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    out = np.empty(cand.shape, np.float32)
+    if cand.size:
+        _hamming.dots(item_z, item_z.shape[1], cand, z, out)
+    return out
 
 
 class IVFScan:

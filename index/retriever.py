@@ -102,6 +102,9 @@ class Retriever:
         if scan == "fast" and not fastscan.available():
             raise ValueError("scan='fast' needs the compiled extension hashrec.index._hamming (not built)")
         self._fast = bundle.index_type == "flat" and scan != "faiss" and fastscan.available()
+        # re-rank scores by the compiled gather + dot (same maths, ~2x faster) whenever it is built; the
+        # numpy path sums in another order, so scores can differ in the last bit between the two builds
+        self._cdots = fastscan.available() and bundle.item_z.dtype == np.float32
         # IVF bundles: the same probed lists, scanned by the compiled scan (ties by item id, like flat)
         self._ivf = (
             fastscan.IVFScan(bundle.index)
@@ -497,11 +500,12 @@ class Retriever:
         empty = cand < 0
         safe = np.where(empty, 0, cand)
         # np.take, not fancy indexing: ~3x faster for a gather of rows (no generic index machinery)
-        gathered = np.take(self.bundle.item_z, safe.ravel(), axis=0).reshape(n, c, -1)
-        if gathered.dtype != np.float32:
-            gathered = gathered.astype(np.float32)
-        # einsum without `optimize` runs numpy's own loops: no BLAS, so no BLAS thread pool to manage
-        scores = np.einsum("ncd,nd->nc", gathered, user_z).astype(np.float32)
+        if self._cdots:
+            scores = fastscan.dots(self.bundle.item_z, cand, user_z)
+        else:
+            gathered = np.take(self.bundle.item_z, safe.ravel(), axis=0).reshape(n, c, -1)
+            # einsum without `optimize` runs numpy's own loops: no BLAS, so no BLAS thread pool to manage
+            scores = np.einsum("ncd,nd->nc", gathered, user_z).astype(np.float32)
         scores[empty] = -np.inf
         tie = np.where(empty, np.iinfo(np.int64).max, safe)
         neg = -scores
@@ -533,10 +537,11 @@ class Retriever:
         empty = cand < 0
         has_empty = bool(empty.any())
         safe = np.where(empty, 0, cand) if has_empty else cand
-        gathered = np.take(self.bundle.item_z, safe, axis=0)
-        if gathered.dtype != np.float32:
-            gathered = gathered.astype(np.float32)
-        scores = np.einsum("cd,d->c", gathered, z).astype(np.float32, copy=False)
+        if self._cdots:
+            scores = fastscan.dots(self.bundle.item_z, cand[None, :], z[None, :])[0]
+        else:
+            gathered = np.take(self.bundle.item_z, safe, axis=0)
+            scores = np.einsum("cd,d->c", gathered, z).astype(np.float32, copy=False)
         tie = safe
         if has_empty:
             scores[empty] = -np.inf

@@ -108,7 +108,7 @@ def test_stages_match_the_search_module(data: tuple, scan: str) -> None:
         scores, top = r.rerank_stage(uz, idx, 10)
         s2, t2 = rerank(uz, iz, idx, 10)
         np.testing.assert_array_equal(top, t2)
-        np.testing.assert_allclose(scores, s2, rtol=1e-5)
+        np.testing.assert_allclose(scores, s2, rtol=1e-5, atol=1e-6)
     # vectors instead of user ids: no seen-exclusion, per-row exclusion honoured
     dist, idx = r.recall_stage(uz[:5], 20, exclude=[np.array([int(x)]) for x in range(5)])
     for row in range(5):
