@@ -100,7 +100,10 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
 
         batcher = MicroBatcher(executor, max_inflight=settings.compute_threads, observe=observe_batch)
         quality = QualityMonitor(metrics.registry, settings.quality_sample_rate, executor)
-        app.state.ctx = ServiceContext(settings, metrics, state, cache, executor, batcher, quality=quality)
+        export_executor = ThreadPoolExecutor(settings.export_threads, thread_name_prefix="hashrec-export")
+        app.state.ctx = ServiceContext(
+            settings, metrics, state, cache, executor, batcher, export_executor, quality=quality
+        )
         log.info(
             "serving bundle %s (%s, %d items, %d bits), cache %s, %d compute threads",
             snap.version,
@@ -115,6 +118,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         finally:
             await cache.close()
             executor.shutdown(wait=False, cancel_futures=True)
+            export_executor.shutdown(wait=False, cancel_futures=True)
             # the process may be killed by uvicorn's re-raised SIGTERM right after this: write logs now
             from .json_logs import finish_background_logging
 

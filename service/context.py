@@ -28,6 +28,7 @@ class ServiceContext:
     cache: AnswerCache
     executor: ThreadPoolExecutor
     batcher: MicroBatcher
+    export_executor: ThreadPoolExecutor
     started: float = field(default_factory=time.monotonic)
     quality: QualityMonitor | None = None  # samples answers for hashrec_recall_overlap (quality_monitor.py)
 

@@ -78,7 +78,7 @@ def build_router(settings: Settings) -> APIRouter:
         async def stream() -> AsyncIterator[bytes]:
             sentinel: list[dict[str, object]] = []
             while True:
-                batch = await loop.run_in_executor(ctx.executor, next, rows, sentinel)
+                batch = await loop.run_in_executor(ctx.export_executor, next, rows, sentinel)
                 if batch is sentinel:
                     return
                 ctx.metrics.exported_rows.inc(len(batch))
