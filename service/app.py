@@ -66,6 +66,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Load the bundle, build the cache, pools and batcher; release them at shutdown."""
         limit_native_threads(1)
 
         def observe(stage: str, seconds: float) -> None:

@@ -67,6 +67,8 @@ def _timed_retriever_class() -> type:
     from hashrec.index.retriever import Retriever
 
     class TimedRetriever(Retriever):
+        """The Retriever, its recall and re-rank steps timed."""
+
         observe: Observer | None = None
 
         def _recall(self, *args: Any, **kwargs: Any) -> Any:
