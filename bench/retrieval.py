@@ -76,25 +76,32 @@ def _prepare_blas() -> dict[str, Any]:
 
 # -- timing ---------------------------------------------------------------------------------------------------
 def _single(fns: dict[str, Callable[[int], Any]], n_queries: int) -> dict[str, float]:
-    """Median ms per query; the methods take turns on each query (interleaved, same noise)."""
+    """Median ms per query; the methods take turns on each query (interleaved, same noise, rotated order)."""
     for fn in fns.values():
         fn(0)  # warm-up (page faults, lazy init)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for q in range(n_queries):
-        for name, fn in fns.items():
+        # rotate the order each query: a method never always runs right after the one that evicts the caches
+        # (the float flat scan streams 256 MB), which would bias it by a cold start
+        for name in names[q % len(names) :] + names[: q % len(names)]:
             t0 = time.perf_counter()
-            fn(q)
+            fns[name](q)
             times[name].append(time.perf_counter() - t0)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def _batch(fns: dict[str, Callable[[], Any]], n_queries: int, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` of (ms for the whole batch / batch size); methods alternate each repeat."""
+    """Median over ``repeats`` of (ms for the whole batch / batch size); methods alternate each repeat.
+
+    With ``repeats`` below the number of methods, the rotation cannot give each method every position:
+    use at least as many repeats as methods for a fair order (the default 7 covers the largest table)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for rep in range(repeats):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:  # rotated, as in _single
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append((time.perf_counter() - t0) / n_queries)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
@@ -787,7 +794,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--large", action="store_true", help="add 10M items to the scaling (minutes, ~4 GB RAM)")
     p.add_argument("--queries", type=int, default=100, help="single queries per method (default 100)")
-    p.add_argument("--repeats", type=int, default=5, help="batch repeats per method (default 5)")
+    p.add_argument("--repeats", type=int, default=7, help="batch repeats per method (default 7)")
     p.add_argument(
         "--run",
         default=str(GOWALLA_RUN),
