@@ -260,7 +260,7 @@ def run_phased(
         "after": window_stats(res, t_end_fault, end),
         "all": window_stats(res, t0, end),
     }
-    stats["sources_after"] = sources(res, t_end_fault, end)  # type: ignore[assignment]
+    stats["sources_after"] = sources(res, t_end_fault, end)
     return res, stats, {"t0": t0, "fault": t_fault, "end_fault": t_end_fault, "end": end}
 
 
@@ -337,7 +337,7 @@ def _redis_scenario(
         errors = metric_sum(text, "hashrec_cache_requests_total", backend="redis", result="error")
         skipped = metric_sum(text, "hashrec_cache_requests_total", backend="redis", result="skipped")
         # "cache used again": answers served from Redis in the after phase
-        after_cache = stats["sources_after"].get("cache", 0)  # type: ignore[union-attr]
+        after_cache = stats["sources_after"].get("cache", 0)
         _fill(result, stats)
         result.checks = {
             "no failed request": stats["all"]["failures"] == 0,
@@ -911,7 +911,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench faults``."""
     p = sub.add_parser(
         "faults", help="fault scenarios under load (Redis, reloads, SIGTERM, export) -> docs/reliability.md"

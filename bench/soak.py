@@ -237,7 +237,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0 if r["passed"] else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench soak``."""
     p = sub.add_parser(
         "soak", help="minutes at 70%% of measured capacity: errors, p99, RSS -> docs/reliability.md"
