@@ -45,13 +45,24 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         raise UserError(f"invalid service settings: {problems}") from err
 
 
+def _http_protocol() -> Any:
+    """The hardened httptools protocol, or uvicorn's default when httptools is not installed."""
+    try:
+        from .http_protocol import HardenedHttpToolsProtocol
+    except ImportError:  # uvicorn without [standard]: its default protocol (request heads unbounded)
+        log.warning(
+            "httptools is not installed: request heads are not bounded (pip install 'uvicorn[standard]')"
+        )
+        return "auto"
+    return HardenedHttpToolsProtocol
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     import uvicorn
 
     from .app import create_app, limit_native_threads
-    from .http_protocol import HardenedHttpToolsProtocol
     from .json_logs import setup_json_logging
     from .state import BundleLoadError, ServingState
 
@@ -76,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "server_header": False,
         "backlog": 2048,
         # bounded request heads, JSON errors even for requests that are not valid HTTP (http_protocol.py)
-        "http": HardenedHttpToolsProtocol,
+        "http": _http_protocol(),
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings, snapshot), **common)
