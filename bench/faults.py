@@ -5,7 +5,7 @@ open-loop load from a separate process (:mod:`hashrec.bench.loadgen`: every answ
 items are exactly the Retriever's answer for the version it names), injects one fault in the middle, and
 reports the three phases: *before* (normal), *during* (the fault), *after* (recovered)::
 
-    hashrec bench faults                          # all scenarios, ~4 min; docs/results/faults.json + docs/reliability.md
+    hashrec bench faults                          # all scenarios, ~7 min; docs/results/faults.json + docs/reliability.md
     hashrec bench faults --only redis_killed,sigterm --phase-s 3
 
 Scenarios: ``redis_killed`` (SIGKILL, restarted on the same port), ``redis_stalled`` (SIGSTOP/SIGCONT),
@@ -72,8 +72,9 @@ class FaultConfig:
     bits: int = 64
     rate: float = 150.0  # requests/s, open loop
     connections: int = 32
-    phase_s: float = 4.0  # before / during / after each last this long
-    breaker_reset_s: float = 2.0  # Redis scenarios: one trial call per this long while the breaker is open
+    phase_s: float = 8.0  # before / during / after each last this long
+    # Redis scenarios: one trial call per this long while the breaker is open (5 s = the service default)
+    breaker_reset_s: float = 5.0
     sample_users: int = 400  # users the load asks for (answers precomputed per version)
     workdir: Path | None = None
 
@@ -898,6 +899,7 @@ def _cmd(args: argparse.Namespace) -> int:
         rate=args.rate,
         phase_s=args.phase_s,
         connections=args.connections,
+        breaker_reset_s=args.breaker_reset_s,
     )
     results = run_scenarios(names, cfg)
     payload = {
@@ -922,6 +924,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=150.0, help="open-loop requests/s (default 150)")
     p.add_argument("--connections", type=int, default=32, help="client connections (default 32)")
     p.add_argument(
-        "--phase-s", type=float, default=4.0, help="seconds per phase: before/during/after (default 4)"
+        "--phase-s", type=float, default=8.0, help="seconds per phase: before/during/after (default 8)"
+    )
+    p.add_argument(
+        "--breaker-reset-s",
+        type=float,
+        default=5.0,
+        help="HASHREC_BREAKER_RESET_S of the Redis scenarios (default 5)",
     )
     p.set_defaults(func=_cmd)
