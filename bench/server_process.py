@@ -183,6 +183,7 @@ class RedisProcess:
             if reply == "PONG" or (reply or "").startswith("NOAUTH"):  # up (with --requirepass: NOAUTH)
                 return self
             time.sleep(0.05)
+        self.stop()  # never leave a half-started server behind
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def command(self, *args: str, timeout: float = 2.0) -> str | None:
