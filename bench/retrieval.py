@@ -776,7 +776,12 @@ def _cmd(args: argparse.Namespace) -> int:
     if quick and not args.save:
         print(
             json.dumps(
-                {"targets": out["targets"], "scaling": out["scaling"], "end_to_end": out["end_to_end"]},
+                {
+                    "targets": out["targets"],
+                    "scaling": out["scaling"],
+                    "end_to_end": out["end_to_end"],
+                    "gowalla": out.get("gowalla"),
+                },
                 indent=2,
                 default=float,
             )
