@@ -123,9 +123,10 @@ class IVFScan:
         k = min(int(k), len(self.ids))
         nprobe = min(int(self.index.nprobe), int(self.index.nlist))
         _, lists = self.index.quantizer.search(queries, nprobe)
-        lists = np.where(lists < 0, 0, lists)  # a -1 (fewer centroids than nprobe) becomes an empty range
-        starts = np.ascontiguousarray(self.offsets[lists])
-        ends = np.ascontiguousarray(np.where(lists >= 0, self.offsets[lists + 1], self.offsets[lists]))
+        missing = lists < 0  # -1: fewer centroids than nprobe; scanned as an empty range
+        safe = np.where(missing, 0, lists)
+        starts = np.ascontiguousarray(self.offsets[safe])
+        ends = np.ascontiguousarray(np.where(missing, starts, self.offsets[safe + 1]))
         dist = np.empty((nq, k), np.int32)
         idx = np.empty((nq, k), np.int64)
         if nq and k > 0:
