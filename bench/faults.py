@@ -866,7 +866,7 @@ def markdown(results: list[ScenarioResult]) -> str:
         ]
         for r in results
     ]
-    return md_table(
+    table = md_table(
         [
             "scenario",
             "load",
@@ -880,6 +880,36 @@ def markdown(results: list[ScenarioResult]) -> str:
             "notes",
         ],
         rows,
+    )
+    p50 = md_table(
+        [
+            "scenario",
+            "p50 before (ms)",
+            "p50 during (ms)",
+            "p50 after (ms)",
+            "p95 before",
+            "p95 during",
+            "p95 after",
+        ],
+        [
+            [r.scenario]
+            + [
+                _fmt((r.detail.get("phases") or {}).get(ph, {}).get(q))
+                for q in ("p50_ms", "p95_ms")
+                for ph in ("before", "during", "after")
+            ]
+            for r in results
+            if r.detail.get("phases")
+        ],
+    )
+    return (
+        "Each load scenario: three phases (before the fault, during it, after it is undone) of equal length; "
+        "*p99 during* counts from 0.5 s after the fault began (the breaker's opening, when a few requests may "
+        "still wait for Redis, is in the JSON as `during_all`). The `control` row injects nothing: its spread "
+        "between phases is this machine's own noise in the same run.\n\n"
+        + table
+        + "\n\nMedians and p95 of the same phases:\n\n"
+        + p50
     )
 
 
