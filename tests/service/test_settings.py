@@ -57,3 +57,15 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
     assert env["HASHREC_PORT"] == "9001"
     assert env["HASHREC_ADMIN_TOKEN"] == "a" * 20
     assert env["HASHREC_ACCESS_LOG"] == "false"
+
+
+def test_native_thread_limits_cover_an_already_loaded_blas() -> None:
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from hashrec.service.app import limit_native_threads
+
+    np.ones((4, 4)) @ np.ones(4)  # BLAS loaded and initialised before the limit, as in `hashrec serve`
+    limit_native_threads(1)
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
