@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -99,8 +100,10 @@ class SageEncoder(nn.Module):
         self.graph = graph
         self.user_fanouts = tuple(user_fanouts)
         self.item_fanouts = tuple(item_fanouts)
-        self.user_emb = nn.Embedding(graph.n_users, emb_dim)
-        self.item_emb = nn.Embedding(graph.n_items, emb_dim)
+        # Sparse gradients: a batch touches a few thousand of the ID embeddings, and a dense Adam update of
+        # all of them was ~40% of a Gowalla step in development (the trainer uses SparseAdam for these).
+        self.user_emb = nn.Embedding(graph.n_users, emb_dim, sparse=True)
+        self.item_emb = nn.Embedding(graph.n_items, emb_dim, sparse=True)
         nn.init.normal_(self.user_emb.weight, std=0.1)
         nn.init.normal_(self.item_emb.weight, std=0.1)
         self.user_dense = nn.Linear(emb_dim, dense_dim)
@@ -119,7 +122,7 @@ class SageEncoder(nn.Module):
             return self.act(self.user_dense(self.user_emb(ids)))
         return self.act(self.item_dense(self.item_emb(ids)))
 
-    def _layer(self, side: int, hop: int) -> nn.Linear:
+    def _layer(self, side: int, hop: int) -> nn.Module:
         return (self.user_layers if side == 0 else self.item_layers)[hop]
 
     def _csr(self, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +234,23 @@ def svd_init(graph: BipartiteGraph, dim: int, seed: int = 0) -> tuple[np.ndarray
     return ue.astype(np.float32), ie.astype(np.float32)
 
 
+class _SymmetricSpMM(torch.autograd.Function):
+    """``A @ x`` for a *symmetric* sparse A, with the backward pass ``A @ grad`` (A^T = A).
+
+    torch's generic sparse-CSR backward transposes A on every call, which made one 3-layer Gowalla
+    propagation (forward + backward) ~18x slower (1.46 s vs 0.08 s on 2 cores, measured in development).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj = adj
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, ctx.adj @ grad
+
+
 class LightGCNEncoder(nn.Module):
     """LightGCN-style propagation (no weights, no non-linearity) over learned ID embeddings."""
 
@@ -268,7 +288,7 @@ class LightGCNEncoder(nn.Module):
         adj = self.adjacency()
         acc = e
         for _ in range(self.layers):
-            e = adj @ e
+            e = _SymmetricSpMM.apply(adj, e)
             acc = acc + e
         out = acc / (self.layers + 1)
         return out[: self.n_users], out[self.n_users :]

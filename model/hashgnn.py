@@ -135,14 +135,30 @@ class HashGNN(nn.Module):
             total = total + cfg.rank_weight * out["rank"]
         if cfg.softmax_weight > 0:
             hs, _ = guided_codes(zs, p, cfg.guidance, gen) if len(shared) else (zs, None)
-            cand = torch.cat([hp, hs], dim=0)
-            logits = hu @ cand.T / (self.bits * cfg.softmax_tau)
-            # Another example's positive that is this example's own item is not a negative.
-            pos_t = torch.from_numpy(np.asarray(pos, np.int64)).to(dev)
-            same = pos_t[:, None] == pos_t[None, :]
-            same.fill_diagonal_(False)
-            excl = torch.cat([same, torch.zeros(b, len(shared), dtype=torch.bool, device=dev)], dim=1)
-            out["softmax"] = softmax_loss(logits, torch.arange(b, device=dev), excl)
+            # The temperature is folded into the user side: [B, K] divisions instead of [B, C].
+            hu_t = hu / (self.bits * cfg.softmax_tau)
+            excl = None
+            if cfg.inbatch:
+                cand = torch.cat([hp, hs], dim=0)
+                target = torch.arange(b, device=dev)
+                logits = hu_t @ cand.T
+                # Another example's positive that is this example's own item is not a negative: find the
+                # (few) pairs of examples sharing a positive by sorting, not with a [B, B] comparison.
+                order = np.argsort(pos, kind="stable")
+                sp_ = np.asarray(pos)[order]
+                starts = np.flatnonzero(np.r_[True, sp_[1:] != sp_[:-1]])
+                sizes = np.diff(np.r_[starts, len(sp_)])
+                if (sizes > 1).any():
+                    gid = np.repeat(np.arange(len(starts)), sizes)
+                    a, c = _pairs(gid)
+                    off = a != c
+                    rows = torch.from_numpy(order[a[off]]).to(dev)
+                    cols = torch.from_numpy(order[c[off]]).to(dev)
+                    excl = (rows, cols)
+            else:  # the example's own positive, then the shared negatives
+                logits = torch.cat([(hu_t * hp).sum(-1, keepdim=True), hu_t @ hs.T], dim=1)
+                target = torch.zeros(b, dtype=torch.long, device=dev)
+            out["softmax"] = softmax_loss(logits, target, excl)
             total = total + cfg.softmax_weight * out["softmax"]
         if cfg.l2 > 0:
             eu, ei = self.encoder.id_embeddings(
@@ -190,6 +206,19 @@ class HashGNN(nn.Module):
             "foldin_bias": np.asarray(bias, np.float32),
             "foldin_power": np.asarray(power, np.float32),
         }
+
+
+def _pairs(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (a, c) index pairs with ``gid[a] == gid[c]`` for a sorted group-id array (within-group products)."""
+    starts = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    sizes = np.diff(np.r_[starts, len(gid)])
+    big = sizes > 1
+    st, sz = starts[big], sizes[big]
+    rep = np.repeat(np.arange(len(st)), sz * sz)
+    k = np.arange(len(rep)) - np.repeat(np.cumsum(sz * sz) - sz * sz, sz * sz)
+    a = st[rep] + k // sz[rep]
+    c = st[rep] + k % sz[rep]
+    return a, c
 
 
 def foldin_encode(arrays: dict[str, np.ndarray], items: np.ndarray) -> np.ndarray:

@@ -34,11 +34,11 @@ def margin_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Te
 
 
 def softmax_loss(
-    logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None
+    logits: torch.Tensor, target: torch.Tensor, exclude: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """Cross-entropy of ``target`` columns of ``logits`` [B, C]; ``exclude`` [B, C] masks false negatives."""
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
+    """Cross-entropy of ``target`` columns of ``logits`` [B, C]; ``exclude`` = (rows, cols) of false negatives."""
+    if exclude is not None and len(exclude[0]):
+        logits = logits.index_put(exclude, torch.tensor(float("-inf"), device=logits.device))
     return F.cross_entropy(logits, target)
 
 

@@ -55,7 +55,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Atomic text write."""
-    atomic_write(path, lambda p: p.write_text(text))
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(path, write)
 
 
 def save_config(run_dir: Path, cfg: TrainConfig) -> None:
