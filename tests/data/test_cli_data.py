@@ -45,7 +45,10 @@ def test_bad_line_exits_2_with_file_and_line(tmp_path: Path) -> None:
 
 def test_synth_then_stats(tmp_path: Path) -> None:
     csv = tmp_path / "s.csv"
-    assert hashrec("data", "synth", str(csv), "--users", "50", "--items", "40", "--communities", "4").returncode == 0
+    assert (
+        hashrec("data", "synth", str(csv), "--users", "50", "--items", "40", "--communities", "4").returncode
+        == 0
+    )
     out = hashrec("data", "stats", str(csv), "--json")
     assert json.loads(out.stdout)["users"] == 50
 

@@ -118,7 +118,7 @@ def test_kcore(tmp_path: Path) -> None:
 def test_missing_paths_and_bad_config(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file or folder"):
         load_dataset(tmp_path / "nope")
-    with pytest.raises(DataError, match="must hold train.txt"):
+    with pytest.raises(DataError, match=r"must hold train\.txt"):
         load_dataset(tmp_path)
     with pytest.raises(DataError, match="test_ratio"):
         DataConfig(path="x", test_ratio=1.5)
