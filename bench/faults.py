@@ -331,7 +331,18 @@ def _redis_scenario(
         def end() -> None:
             undo.pop()()
 
-        _res, stats, times = run_phased(h, srv, expected, start, end)
+        res, stats, times = run_phased(h, srv, expected, start, end)
+        # which requests paid for the fault: slower than 2x the normal p99, and when (s after the fault)
+        limit = 2.0 * max(stats["before"]["p99_ms"] or 0.0, 5.0) / 1000.0
+        slow = [
+            round(t - times["fault"], 2)
+            for t, lat in zip(res.t, res.latency, strict=True)
+            if times["fault"] <= t < times["end_fault"] and lat > limit
+        ]
+        result.notes += (
+            f"; {len(slow)} requests during the fault slower than 2x normal p99,"
+            f" {sum(1 for x in slow if x < 0.5)} of them in its first 0.5 s"
+        )
         _, metrics = http_get(srv.url + "/metrics")
         text = metrics.decode()
         redis_hits = metric_sum(text, "hashrec_cache_requests_total", backend="redis", op="get", result="hit")
@@ -353,6 +364,7 @@ def _redis_scenario(
             cache_skipped=skipped,
             cache_answers_after=after_cache,
             times=times,
+            slow_during_s_after_fault=slow[:50],
         )
         del before_metrics
     finally:
