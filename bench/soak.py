@@ -164,6 +164,10 @@ def run_soak(
     }
 
 
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     """The soak section of docs/reliability.md."""
     from .report import md_table
@@ -189,9 +193,9 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{r['rate_rps']:.0f} req/s open loop = {r['load_fraction']:.0%} of {r['capacity_rps']:.0f}/s measured",
                 t["requests"],
                 t["failures"],
-                r["windows"][0]["p99_ms"],
-                r["windows"][-1]["p99_ms"],
-                t["p99_ms"],
+                _f(r["windows"][0]["p99_ms"]),
+                _f(r["windows"][-1]["p99_ms"]),
+                _f(t["p99_ms"]),
                 f"{r['rss_base_mb']} -> {r['rss_end_mb']}",
                 f"{100 * r['rss_growth']:.2f}%" if r["rss_growth"] is not None else "n/a",
                 "none" if t["failures"] == 0 else "see failures",
@@ -202,7 +206,15 @@ def markdown(r: dict[str, Any]) -> str:
     per = md_table(
         ["window from (s)", "requests", "failures", "p50 (ms)", "p95 (ms)", "p99 (ms)", "req/s"],
         [
-            [w["from_s"], w["requests"], w["failures"], w["p50_ms"], w["p95_ms"], w["p99_ms"], w["rps"]]
+            [
+                _f(w["from_s"]),
+                w["requests"],
+                w["failures"],
+                _f(w["p50_ms"]),
+                _f(w["p95_ms"]),
+                _f(w["p99_ms"]),
+                _f(w["rps"]),
+            ]
             for w in r["windows"]
         ],
     )
