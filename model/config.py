@@ -278,11 +278,12 @@ DEFAULT: dict[str, Any] = dict(
     rank_weight=0.1,
     ranking="bpr",
     softmax_weight=1.0,
-    # 0.05 beat 0.1 and 0.2 on validation hierarchical Recall@20 in 6-minute Gowalla runs (0.173, 0.164,
-    # 0.126), at some cost in Hamming-only recall (0.119 vs 0.143 at 0.1).
+    # 0.05 beat 0.1 and 0.2 on validation hierarchical Recall@20 in 6-minute Gowalla runs of
+    # `hashrec train --time-budget 6 --set softmax_tau=...` (0.173, 0.164, 0.126 in development), at some
+    # cost in Hamming-only recall (0.119 vs 0.143 at 0.1).
     softmax_tau=0.05,
     # Uniform shared negatives, not in-batch ones: in-batch positives are popularity-sampled negatives and
-    # cost Recall@20 on Gowalla (validation 0.141 vs 0.159 after one epoch in development).
+    # cost Recall@20 on Gowalla (validation 0.141 vs 0.159 after one epoch of a development run).
     inbatch=False,
     shared_negatives=4096,
     l2=0.0,

@@ -345,22 +345,41 @@ class Trainer:
                 self.stopped = f"early stop: no improvement of {key} in {self.bad} validations"
 
     def finish(self) -> None:
-        """Write ``embeddings.npz`` from ``best.pt`` and ``curves.png``."""
+        """Write ``embeddings.npz`` from ``best.pt`` (see :func:`export_embeddings`) and ``curves.png``."""
         if not (self.out / rundir.BEST).exists():  # stopped before any validation: select the current model
             self._select(self.validate())
-        best = torch.load(self.out / rundir.BEST, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(best["model"])
-        uz, iz = self.model.embed_all()
-        arrays = {"user_z": uz, "item_z": iz, **self.model.foldin(self.graph.user_items)}
-        rundir.save_embeddings(self.out, arrays)
+        epoch = export_embeddings(self.out, self.cfg, self.ds, self.device)
         rundir.plot_curves(self.out)
         log.info(
             "best epoch %d (%s %.4f); embeddings written to %s",
-            best["epoch"],
+            epoch,
             self.selection_key(),
             self.best,
             self.out,
         )
+
+
+def export_embeddings(
+    run_dir: Path, cfg: TrainConfig, ds: Dataset, device: torch.device | None = None
+) -> int:
+    """Write ``embeddings.npz`` from ``best.pt``; returns the best epoch.
+
+    The encoder is applied to the *known* graph (train + validation interactions): the weights were fitted
+    and selected with the validation interactions held out, but once selection is done those interactions
+    are observed history like any other (they are masked at test time and are the service's "seen" items),
+    so the users' and items' representations include them. The model's parameters do not depend on the
+    graph (ID embeddings and dense layers), so the same weights apply; fold-in uses the same graph.
+    """
+    device = device or torch.device("cpu")
+    best = torch.load(Path(run_dir) / rundir.BEST, map_location=device, weights_only=False)
+    graph = ds.graph("known")
+    # No SVD or rotation init: the weights are overwritten at once.
+    model = HashGNN(cfg.replace(svd_init=False), graph).to(device)
+    model.load_state_dict(best["model"])
+    uz, iz = model.embed_all()
+    arrays = {"user_z": uz, "item_z": iz, **model.foldin(graph.user_items)}
+    rundir.save_embeddings(Path(run_dir), arrays)
+    return int(best["epoch"])
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, force: bool = False) -> Path:
