@@ -300,7 +300,7 @@ class Trainer:
                 tv = time.perf_counter()
                 valid = self.validate()
                 valid["seconds"] = round(time.perf_counter() - tv, 2)
-                self._select(valid)
+                self._select(valid, prob)
             record = {
                 "epoch": self.epoch,
                 "partial_epoch": partial,
@@ -329,7 +329,12 @@ class Trainer:
         if self.stopped:
             log.info("stopped after epoch %d: %s", self.epoch, self.stopped)
 
-    def _select(self, valid: dict[str, float]) -> None:
+    def _select(self, valid: dict[str, float], prob: float = 1.0) -> None:
+        """Keep ``best.pt`` when the selection metric improves; count patience only on pure codes.
+
+        Early stopping waits until the guidance schedule has reached pure STE (``prob == 1``): otherwise a
+        run could stop while still partly continuous, and the schedule would never reach pure codes.
+        """
         key = self.selection_key()
         score = valid.get(key)
         if score is None:  # no validation split: the latest model is the best we know
@@ -339,7 +344,7 @@ class Trainer:
             _atomic_torch_save(
                 {"model": self.model.state_dict(), "epoch": self.epoch, key: score}, self.out / rundir.BEST
             )
-        else:
+        elif prob >= 1.0 or self.cfg.continuous:
             self.bad += 1
             if self.cfg.patience and self.bad >= self.cfg.patience:
                 self.stopped = f"early stop: no improvement of {key} in {self.bad} validations"

@@ -249,3 +249,13 @@ def test_trained_model_beats_popularity_in_all_modes(
     pop = recall_ndcg(popularity_topk(known, 20, users), truth[users], 20)["recall"]
     for mode in ("continuous", "hamming", "hierarchical"):
         assert got[f"{mode}_recall"] > 1.5 * pop, (mode, got, pop)
+
+
+def test_early_stopping_waits_for_pure_codes(small_csv: Path, tmp_path: Path) -> None:
+    # patience 1 would stop at the first validation without improvement; it must not stop before the
+    # schedule has reached pure STE (code probability 1)
+    cfg = tiny(DataConfig(path=str(small_csv)), epochs=10, patience=1, lr=0.05)
+    recs = load_run(train(cfg, tmp_path / "run")).metrics
+    assert recs[-1]["code_prob"] == 1.0
+    first_pure = next(r["epoch"] for r in recs if r["code_prob"] == 1.0)
+    assert all(r["code_prob"] < 1.0 for r in recs if r["epoch"] < first_pure)
