@@ -255,7 +255,12 @@ class Trainer:
                     out_of_time = True
                     break
                 progress = self.progress(self.epoch + bi / self.steps_per_epoch, now)
-                prob = code_probability(progress, cfg.code_prob_start, cfg.pure_ste_at)
+                # The continuous baseline never uses codes (the logged probability says so).
+                prob = (
+                    0.0
+                    if cfg.continuous
+                    else code_probability(progress, cfg.code_prob_start, cfg.pure_ste_at)
+                )
                 if cfg.lr_schedule == "cosine":
                     lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
                     for o in self.opts:
