@@ -38,7 +38,7 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy hashrec model index service bench
 
 bench-quality: install
-	$(BIN)/hashrec bench quality --data ../shared/data/gowalla
+	$(BIN)/hashrec bench quality --data ../shared/data/gowalla --runs runs/gowalla-default runs/gowalla-paper runs/gowalla-continuous
 
 bench-retrieval: install
 	$(BIN)/hashrec bench retrieval

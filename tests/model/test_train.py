@@ -216,7 +216,9 @@ def test_resume_after_sigkill_continues_exactly(small_csv: Path, tmp_path: Path)
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     ckpt = torch.load(killed / "last.pt", weights_only=False)
-    assert 2 <= ckpt["epoch"] < 8
+    # metrics.jsonl gets its line just before last.pt is replaced, so a kill between the two leaves the
+    # checkpoint one epoch behind the metrics (resume truncates the extra line): both states are valid.
+    assert 1 <= ckpt["epoch"] < 8
     assert not (killed / "embeddings.npz").exists()
     # --resume continues from the checkpoint; without a time budget it ends exactly as an unbroken run
     p = subprocess.run(_cli(killed, small_csv, "--resume"), capture_output=True, text=True, timeout=300)
