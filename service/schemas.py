@@ -70,7 +70,8 @@ class Recommendation(BaseModel):
 class NewUser(BaseModel):
     """A user the model has never seen, described by the items they interacted with."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a request body's numbers must be JSON numbers (no "5" or true for k), its flags JSON booleans
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     key: RawId = Field(
         description="the caller's name for this user, echoed back as `user`", examples=["guest-7"]
@@ -85,6 +86,7 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -117,6 +119,7 @@ class ExportRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"users": ["42", "7"], "candidates": 100}, {"users": None}]},
     )
 
@@ -140,7 +143,9 @@ class ExportRow(BaseModel):
 class ReloadRequest(BaseModel):
     """Which bundle version to load (default: the one `current` points to now)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": None}]})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"version": None}]}
+    )
 
     version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] | None = None
 

@@ -61,6 +61,25 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
     ("POST", "/recommend", {"json": {"users": [1]}}, 422, "invalid_parameter", "body.users[0]"),
     ("POST", "/recommend", {"json": {"users": [""]}}, 422, "invalid_parameter", "body.users[0]"),
     ("POST", "/recommend", {"json": {"users": ["u000"], "k": 0}}, 422, "invalid_parameter", "body.k"),
+    # strict bodies: a boolean or a string is not a number, a string is not a flag
+    ("POST", "/recommend", {"json": {"users": ["u000"], "k": True}}, 422, "invalid_parameter", "body.k"),
+    ("POST", "/recommend", {"json": {"users": ["u000"], "k": "5"}}, 422, "invalid_parameter", "body.k"),
+    (
+        "POST",
+        "/recommend",
+        {"json": {"users": ["u000"], "exclude_seen": "no"}},
+        422,
+        "invalid_parameter",
+        "body.exclude_seen",
+    ),
+    (
+        "POST",
+        "/candidates/export",
+        {"json": {"candidates": 1.5}},
+        422,
+        "invalid_parameter",
+        "body.candidates",
+    ),
     ("POST", "/recommend", {"json": {"users": ["u000"], "k": 999}}, 422, "invalid_parameter", "body.k"),
     (
         "POST",
