@@ -152,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_train(sub: argparse._SubParsersAction) -> None:
     """Add ``train``."""
     p = sub.add_parser("train", help="train HashGNN into a run directory")
     p.add_argument(
