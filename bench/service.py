@@ -24,20 +24,22 @@ which. Serving cost depends on the shapes (users, items, bits, C, k), not on the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .report import REPO, md_table, save_json, write_section
+from .server_process import RedisProcess, free_port
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +105,6 @@ end
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _bundle(work: Path) -> tuple[Path, str]:
     """A bundles directory for the benchmark and a sentence saying where it came from."""
     from hashrec.index.export import build_bundle, export_run
@@ -139,7 +135,7 @@ class _Server:
     """A ``hashrec serve`` subprocess (logs to a file in the work dir)."""
 
     def __init__(self, bundles: Path, work: Path, name: str, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = work / f"server-{name}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HASHREC_")}
@@ -175,41 +171,14 @@ class _Server:
         self._log.close()
 
 
-class _Redis:
-    """A private redis-server on a free port."""
-
-    def __init__(self, work: Path) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.work = work
-
-    def __enter__(self) -> _Redis:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.work),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+@contextlib.contextmanager
+def _redis(work: Path) -> Iterator[RedisProcess]:
+    """A private redis-server for the cached runs (the shared helper of the reliability benchmarks)."""
+    rds = RedisProcess(work / "redis").start()
+    try:
+        yield rds
+    finally:
+        rds.stop()
 
 
 def _wrk(
@@ -397,7 +366,7 @@ def run_benchmark(
         for key, near in (("cached_redis", "10000"), ("cached_redis_only", "0")):
             log.info("cached server (Redis, near cache %s entries): warm-up, then floor vs /recommend", near)
             with (
-                _Redis(work) as rds,
+                _redis(work) as rds,
                 _Server(
                     bundles, work, key, HASHREC_REDIS_URL=rds.url, HASHREC_NEAR_CACHE_SIZE=near, **common
                 ) as srv,
