@@ -8,7 +8,13 @@ Steps: build a bundle of random embeddings (Gowalla-sized by default: 29,858 use
 the work per request depends on the sizes, not on the embeddings' quality) or use ``--bundles``; start
 ``hashrec serve`` (Redis cache when ``redis-server`` is installed, else the in-process cache); warm up;
 measure capacity with a closed loop (32 connections, same request mix); then an open loop at
-``--load`` x capacity for ``--minutes``, sampling the server's RSS every 5 s.
+``--load`` x capacity for ``--minutes``, sampling every 5 s the server's RSS, its own latency histogram of
+``GET /recommend`` (``/metrics``) and the machine's CPU time split (``/proc/stat``: busy, iowait, steal).
+
+The client measures latency from each request's *scheduled* send time, so a stall anywhere (server,
+client, kernel, hypervisor) shows as latency. The per-window server-side figures tell them apart: when the
+client's p99 jumps but the server's own histogram does not, the time was lost outside the server's request
+handling (the client process, the machine's scheduler, or a stolen CPU: see the steal column).
 
 Pass criteria (issue 6): zero failed or wrong answers; p99 stable (the last minute's p99 within 2x of the
 first minute's); RSS growth under 5% from the end of the first minute (caches filling during the first
@@ -84,11 +90,14 @@ def run_soak(
         log.info("capacity %.0f answers/s; soak at %.0f req/s for %.1f min", capacity, rate, minutes)
 
         rss: list[tuple[float, int]] = []
+        probes: list[tuple[float, dict[str, int], dict[float, float] | None]] = []
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
-                rss.append((time.time(), srv.rss()))
+                now = time.time()
+                rss.append((now, srv.rss()))
+                probes.append((now, machine_cpu(), server_latency_buckets(srv.port)))
                 stop.wait(5.0)
 
         t0 = time.time() + 2.0
@@ -129,6 +138,7 @@ def run_soak(
     while t < t0 + duration - 1e-6:
         w = window_stats(res, t, min(t + step, t0 + duration))
         w["from_s"] = round(t - t0, 1)
+        w.update(probe_window(probes, t, min(t + step, t0 + duration)))
         windows.append(w)
         t += step
     first_p99 = windows[0]["p99_ms"]
@@ -162,6 +172,73 @@ def run_soak(
         "checks": checks,
         "passed": all(checks.values()),
     }
+
+
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_RECOMMEND_ROUTE = 'route="/recommend/{user_id}"'
+
+
+def machine_cpu() -> dict[str, int]:
+    """The machine's cumulative CPU time split in clock ticks (``/proc/stat``); empty where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in zip(_CPU_FIELDS, parts[1:], strict=False)}
+
+
+def server_latency_buckets(port: int) -> dict[float, float] | None:
+    """Cumulative counts of the server's ``GET /recommend/{user_id}`` latency histogram by upper bound
+    (seconds; all statuses summed), scraped from ``/metrics``; None when the scrape fails."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("hashrec_http_request_duration_seconds_bucket{") and _RECOMMEND_ROUTE in line:
+            labels, value = line.rsplit(" ", 1)
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def probe_window(
+    probes: list[tuple[float, dict[str, int], dict[float, float] | None]], t_from: float, t_to: float
+) -> dict[str, Any]:
+    """Server-side and machine figures between the probes nearest ``t_from`` and ``t_to``.
+
+    ``server_p99_le_ms``: the histogram bucket bound under which 99% of the window's answers were (an upper
+    bound of the server's own p99); ``server_over_250ms``: answers the server itself took over 250 ms for;
+    ``cpu_*_pct``: shares of the machine's CPU time (all cores) that were busy, waiting on I/O, or stolen by
+    the hypervisor. Empty when fewer than two probes fall in range.
+    """
+    inside = [p for p in probes if t_from - 2.5 <= p[0] <= t_to + 2.5]
+    if len(inside) < 2:
+        return {}
+    (_, cpu0, h0), (_, cpu1, h1) = inside[0], inside[-1]
+    out: dict[str, Any] = {}
+    if cpu0 and cpu1:
+        d = {k: cpu1.get(k, 0) - cpu0.get(k, 0) for k in _CPU_FIELDS}
+        total = sum(d.values()) or 1
+        out["cpu_busy_pct"] = round(100.0 * (total - d["idle"] - d["iowait"]) / total, 1)
+        out["cpu_iowait_pct"] = round(100.0 * d["iowait"] / total, 2)
+        out["cpu_steal_pct"] = round(100.0 * d["steal"] / total, 2)
+    if h0 is not None and h1 is not None and h1:
+        bounds = sorted(h1)
+        diff = [h1[b] - h0.get(b, 0.0) for b in bounds]
+        n = diff[-1]
+        if n > 0:
+            le = next(b for b, c in zip(bounds, diff, strict=True) if c >= 0.99 * n)
+            out["server_p99_le_ms"] = None if le == float("inf") else round(1000.0 * le, 1)
+            below = dict(zip(bounds, diff, strict=True)).get(0.25)
+            out["server_over_250ms"] = None if below is None else int(n - below)
+    return out
 
 
 def _f(v: float | None) -> str:
@@ -204,7 +281,18 @@ def markdown(r: dict[str, Any]) -> str:
         ],
     )
     per = md_table(
-        ["window from (s)", "requests", "failures", "p50 (ms)", "p95 (ms)", "p99 (ms)", "req/s"],
+        [
+            "window from (s)",
+            "requests",
+            "failures",
+            "p50 (ms)",
+            "p95 (ms)",
+            "p99 (ms)",
+            "req/s",
+            "server p99 <= (ms)",
+            "server answers > 250 ms",
+            "CPU busy / iowait / steal (%)",
+        ],
         [
             [
                 _f(w["from_s"]),
@@ -214,6 +302,11 @@ def markdown(r: dict[str, Any]) -> str:
                 _f(w["p95_ms"]),
                 _f(w["p99_ms"]),
                 _f(w["rps"]),
+                _f(w.get("server_p99_le_ms")),
+                "n/a" if w.get("server_over_250ms") is None else w["server_over_250ms"],
+                "n/a"
+                if w.get("cpu_busy_pct") is None
+                else f"{w['cpu_busy_pct']:.0f} / {w['cpu_iowait_pct']:.1f} / {w['cpu_steal_pct']:.1f}",
             ]
             for w in r["windows"]
         ],
