@@ -68,6 +68,8 @@ class TrainConfig:
         softmax_weight / softmax_tau / shared_negatives: softmax over in-batch positives of the other
             examples (when ``inbatch``) plus ``shared_negatives`` uniform items shared by the batch, logits
             <h_u, h_i>/(K tau).
+        cont_weight / cont_tau: the same softmax on the continuous z (never signed, whatever the guidance
+            schedule says), so that z stays a good re-ranker while the codes train on pure STE.
         l2: L2 penalty on the ID embeddings of the batch (per example).
     Optimisation:
         lr, batch_size (edges), epochs, seed.
@@ -108,6 +110,8 @@ class TrainConfig:
     softmax_tau: float = 0.1
     shared_negatives: int = 0
     inbatch: bool = True
+    cont_weight: float = 0.0
+    cont_tau: float = 0.05
     l2: float = 0.0
     lr: float = 1e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -154,18 +158,24 @@ class TrainConfig:
             raise bad(
                 "pure_ste_at", "expected a fraction in (0, 1) so that pure STE is reached before the end"
             )
-        for name in ("score_scale", "softmax_tau", "lr", "margin"):
+        for name in ("score_scale", "softmax_tau", "cont_tau", "lr", "margin"):
             if not getattr(self, name) > 0:
                 raise bad(name, "expected a value > 0")
-        for name in ("rec_weight", "rank_weight", "softmax_weight", "l2"):
+        for name in ("rec_weight", "rank_weight", "softmax_weight", "cont_weight", "l2"):
             if not getattr(self, name) >= 0:
                 raise bad(name, "expected a weight >= 0")
-        if self.softmax_weight > 0 and not self.inbatch and self.shared_negatives == 0:
+        if (
+            (self.softmax_weight > 0 or self.cont_weight > 0)
+            and not self.inbatch
+            and self.shared_negatives == 0
+        ):
             raise ConfigError(
                 "shared_negatives: the softmax loss needs negatives: inbatch or shared_negatives > 0"
             )
-        if self.rec_weight + self.rank_weight + self.softmax_weight == 0:
-            raise ConfigError("rec_weight, rank_weight, softmax_weight: at least one loss needs a weight > 0")
+        if self.rec_weight + self.rank_weight + self.softmax_weight + self.cont_weight == 0:
+            raise ConfigError(
+                "rec_weight, rank_weight, softmax_weight, cont_weight: at least one loss needs a weight > 0"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise bad("lr_schedule", "expected constant or cosine")
         if self.ranking not in ("bpr", "margin"):

@@ -133,33 +133,20 @@ class HashGNN(nn.Module):
                 bpr_loss(s_pos, s_neg) if cfg.ranking == "bpr" else margin_loss(s_pos, s_neg, cfg.margin)
             )
             total = total + cfg.rank_weight * out["rank"]
+        excl = None
+        if cfg.inbatch and (cfg.softmax_weight > 0 or cfg.cont_weight > 0):
+            excl = self._inbatch_exclusions(pos)
         if cfg.softmax_weight > 0:
             hs, _ = guided_codes(zs, p, cfg.guidance, gen) if len(shared) else (zs, None)
-            # The temperature is folded into the user side: [B, K] divisions instead of [B, C].
-            hu_t = hu / (self.bits * cfg.softmax_tau)
-            excl = None
-            if cfg.inbatch:
-                cand = torch.cat([hp, hs], dim=0)
-                target = torch.arange(b, device=dev)
-                logits = hu_t @ cand.T
-                # Another example's positive that is this example's own item is not a negative: find the
-                # (few) pairs of examples sharing a positive by sorting, not with a [B, B] comparison.
-                order = np.argsort(pos, kind="stable")
-                sp_ = np.asarray(pos)[order]
-                starts = np.flatnonzero(np.r_[True, sp_[1:] != sp_[:-1]])
-                sizes = np.diff(np.r_[starts, len(sp_)])
-                if (sizes > 1).any():
-                    gid = np.repeat(np.arange(len(starts)), sizes)
-                    a, c = _pairs(gid)
-                    off = a != c
-                    rows = torch.from_numpy(order[a[off]]).to(dev)
-                    cols = torch.from_numpy(order[c[off]]).to(dev)
-                    excl = (rows, cols)
-            else:  # the example's own positive, then the shared negatives
-                logits = torch.cat([(hu_t * hp).sum(-1, keepdim=True), hu_t @ hs.T], dim=1)
-                target = torch.zeros(b, dtype=torch.long, device=dev)
+            logits, target = self._softmax_logits(hu, hp, hs, cfg.softmax_tau)
             out["softmax"] = softmax_loss(logits, target, excl)
             total = total + cfg.softmax_weight * out["softmax"]
+        if cfg.cont_weight > 0:
+            # The same softmax on the continuous z, never signed: z is what re-ranks the Hamming candidates,
+            # and once the schedule reaches pure STE the code losses only train it through sign().
+            logits, target = self._softmax_logits(zu, zp, zs, cfg.cont_tau)
+            out["cont"] = softmax_loss(logits, target, excl)
+            total = total + cfg.cont_weight * out["cont"]
         if cfg.l2 > 0:
             eu, ei = self.encoder.id_embeddings(
                 torch.from_numpy(np.asarray(users, np.int64)).to(dev), torch.from_numpy(uniq).to(dev)
@@ -168,6 +155,40 @@ class HashGNN(nn.Module):
             total = total + cfg.l2 * out["l2"]
         out["loss"] = total
         return out
+
+    def _softmax_logits(
+        self, hu: torch.Tensor, hp: torch.Tensor, hs: torch.Tensor, tau: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``<h_u, h_c>/(K tau)`` over the candidates and the target column of each example.
+
+        Candidates: with ``inbatch``, the batch's positives then the shared items (target = the example's
+        row); without, the example's own positive then the shared items (target = column 0).
+        """
+        b = hu.shape[0]
+        # The temperature is folded into the user side: [B, K] divisions instead of [B, C].
+        hu_t = hu / (self.bits * tau)
+        if self.cfg.inbatch:
+            logits = hu_t @ torch.cat([hp, hs], dim=0).T
+            return logits, torch.arange(b, device=hu.device)
+        logits = torch.cat([(hu_t * hp).sum(-1, keepdim=True), hu_t @ hs.T], dim=1)
+        return logits, torch.zeros(b, dtype=torch.long, device=hu.device)
+
+    def _inbatch_exclusions(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, cols) of in-batch candidates that are the example's own item, not negatives.
+
+        Pairs of examples sharing a positive are found by sorting, not with a [B, B] comparison.
+        """
+        order = np.argsort(pos, kind="stable")
+        sp_ = np.asarray(pos)[order]
+        starts = np.flatnonzero(np.r_[True, sp_[1:] != sp_[:-1]])
+        sizes = np.diff(np.r_[starts, len(sp_)])
+        if not (sizes > 1).any():
+            return None
+        gid = np.repeat(np.arange(len(starts)), sizes)
+        a, c = _pairs(gid)
+        off = a != c
+        dev = self.user_hash.fc.weight.device
+        return torch.from_numpy(order[a[off]]).to(dev), torch.from_numpy(order[c[off]]).to(dev)
 
     # -- new users ----------------------------------------------------------------------------------------
     @torch.no_grad()

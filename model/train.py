@@ -270,7 +270,7 @@ class Trainer:
                 neg = self.sampler.sample(u, cfg.negatives, self.rng)
                 shared = (
                     self.rng.integers(0, self.graph.n_items, cfg.shared_negatives, dtype=np.int64)
-                    if cfg.softmax_weight > 0 and cfg.shared_negatives
+                    if (cfg.softmax_weight > 0 or cfg.cont_weight > 0) and cfg.shared_negatives
                     else np.empty(0, np.int64)
                 )
                 losses = self.model.loss(u, p, neg, shared, prob, self.rng, self.gen)

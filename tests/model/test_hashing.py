@@ -79,3 +79,31 @@ def test_hash_layer_range_and_shape() -> None:
     z = layer(torch.randn(7, 12) * 100)
     assert z.shape == (7, 24)
     assert bool((z.abs() <= 1).all())
+
+
+def test_continuous_softmax_trains_z_even_on_pure_codes(synth_dataset, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With ``cont_weight`` the loss has a term on the unsigned z: on pure codes (p = 1) the code losses reach
+    the hash layer only through sign's straight-through gradient, the ``cont`` term through z itself; and its
+    value is the softmax of the continuous scores, not of the codes."""
+    from hashrec.model.hashgnn import HashGNN
+
+    graph = synth_dataset.graph("train")
+    users, items = graph.edges()
+    base = dict(softmax_weight=0.0, rec_weight=0.0, rank_weight=0.0, shared_negatives=16, inbatch=False)
+    cfg = TrainConfig.preset_config("default", DataConfig(path=str(tmp_path)), cont_weight=1.0, **base)
+    torch.manual_seed(0)
+    model = HashGNN(cfg.replace(emb_dim=8, bits=16), graph)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    shared = rng.integers(0, graph.n_items, 16)
+    neg = rng.integers(0, graph.n_items, (len(users[:32]), 4))
+    out = model.loss(users[:32], items[:32], neg, shared, 1.0, rng, gen)
+    assert set(out) == {"cont", "loss"}
+    out["loss"].backward()
+    assert model.item_hash.fc.weight.grad is not None
+    assert float(model.item_hash.fc.weight.grad.abs().sum()) > 0
+    # the value is the softmax over the continuous scores: recompute it by hand
+    zu, zi = model.embed(users[:32], np.concatenate([items[:32], shared]), rng)
+    zp, zs = zi[:32], zi[32:]
+    logits = torch.cat([(zu * zp).sum(-1, keepdim=True), zu @ zs.T], dim=1) / (16 * cfg.cont_tau)
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(32, dtype=torch.long))
+    assert abs(float(out["cont"]) - float(expected)) < 1e-4

@@ -65,6 +65,8 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("encoder", {"encoder": "gat"}),
         ("no_such_field", {"no_such_field": 3}),
         ("select_candidates", {"select_candidates": 5}),
+        ("cont_tau", {"cont_tau": 0.0}),
+        ("cont_weight", {"cont_weight": -1.0}),
     ],
 )
 def test_bad_config_names_the_field(field: str, kw: dict[str, object], tmp_path: Path) -> None:
