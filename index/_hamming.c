@@ -74,12 +74,28 @@ static inline unsigned hamming_one(const uint8_t *a, const uint8_t *b, size_t nb
 
 HR_CLONES static int scan_generic(const uint8_t *codes, size_t nb, size_t lo, size_t hi, const uint8_t *q,
                         unsigned t, cands_t *out) {
+    if (nb == 8) { /* 64-bit codes (the default): a constant width lets the compiler unroll and inline */
+        for (size_t i = lo; i < hi; i++) {
+            unsigned d = hamming_one(codes + i * 8, q, 8);
+            if (d <= t && cands_push(out, (uint32_t)i, (uint16_t)d)) return -1;
+        }
+        return 0;
+    }
     for (size_t i = lo; i < hi; i++) {
         unsigned d = hamming_one(codes + i * nb, q, nb);
         if (d <= t && cands_push(out, (uint32_t)i, (uint16_t)d)) return -1;
     }
     return 0;
 }
+
+/* hist[d] += number of codes in [lo, hi) at distance d from q */
+#define HR_HIST(codes, nb, lo, hi, q, hist)                                                              \
+    do {                                                                                                   \
+        if ((nb) == 8)                                                                                     \
+            for (size_t i_ = (lo); i_ < (hi); i_++) (hist)[hamming_one((codes) + i_ * 8, (q), 8)]++;       \
+        else                                                                                               \
+            for (size_t i_ = (lo); i_ < (hi); i_++) (hist)[hamming_one((codes) + i_ * (nb), (q), (nb))]++; \
+    } while (0)
 
 #ifdef HR_X86
 __attribute__((target("avx512f,avx512vpopcntdq"))) static int scan_avx512_64(const uint8_t *codes, size_t lo,
@@ -147,19 +163,24 @@ static int scan(const uint8_t *codes, size_t nb, size_t lo, size_t hi, const uin
 /* smallest t whose estimated count of items at distance <= t reaches `want` (from a sample) */
 HR_CLONES static unsigned estimate_threshold(const uint8_t *codes, size_t n, size_t nb, const uint8_t *q, size_t k) {
     const unsigned maxd = (unsigned)(8 * nb);
-    /* 64 runs of 256 consecutive codes spread over the corpus: contiguous runs read whole cache lines
-     * (a stride of one code per line would move 8x more memory for the same sample size) */
-    const size_t runs = 64, run = 256;
+    /* 64 runs of consecutive codes spread over the corpus: contiguous runs read whole cache lines (a stride
+     * of one code per line would move 8x more memory for the same sample size). The sample is sized to
+     * expect ~64 sampled codes under the threshold (2,048 to 16,384 codes): at 41k items and k = 500 that
+     * is ~3,600 codes instead of 16,384, and the sampling error it leaves (~1/8) is well inside the 25%
+     * margin below, so rescans stay rare. */
+    const size_t runs = 64;
+    double target = 64.0 * (double)n / (1.25 * (double)k + 64.0);
+    size_t want_n = target < 2048 ? 2048 : (target > 16384 ? 16384 : (size_t)target);
+    size_t run = want_n / runs;
     size_t sample = 0;
     uint32_t *hist = calloc(maxd + 1, sizeof(uint32_t));
     if (!hist) return maxd;
     if (n <= runs * run) {
-        for (size_t i = 0; i < n; i++) hist[hamming_one(codes + i * nb, q, nb)]++;
+        HR_HIST(codes, nb, 0, n, q, hist);
         sample = n;
     } else {
         size_t gap = n / runs;
-        for (size_t r = 0; r < runs; r++)
-            for (size_t i = r * gap; i < r * gap + run; i++) hist[hamming_one(codes + i * nb, q, nb)]++;
+        for (size_t r = 0; r < runs; r++) HR_HIST(codes, nb, r * gap, r * gap + run, q, hist);
         sample = runs * run;
     }
     /* aim at 1.25 k + 64 items: a sampling error rarely leaves fewer than k (which triggers a rescan) */
@@ -182,7 +203,7 @@ HR_CLONES static unsigned exact_threshold(const uint8_t *codes, size_t n, size_t
     const unsigned maxd = (unsigned)(8 * nb);
     uint64_t *hist = calloc(maxd + 1, sizeof(uint64_t));
     if (!hist) return maxd;
-    for (size_t i = 0; i < n; i++) hist[hamming_one(codes + i * nb, q, nb)]++;
+    HR_HIST(codes, nb, 0, n, q, hist);
     uint64_t cum = 0;
     unsigned t = maxd;
     for (unsigned d = 0; d <= maxd; d++) {
@@ -251,6 +272,78 @@ done:
     }
     free(cs);
     free(thr);
+    return rc;
+}
+
+/* ---- top-k with per-query exclusions (a user's seen items) ------------------------------------------------ */
+
+static int in_sorted(const int64_t *a, size_t n, int64_t x) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && a[lo] == x;
+}
+
+/* Per query: the k nearest codes by (distance, item id) among the items NOT in its exclusion list
+ * (excl[indptr[qi]:indptr[qi+1]], sorted ascending). Same answer as the top-(k + |excl|) with the excluded
+ * ones removed and the first k survivors kept; slots left empty (fewer than k items remain) hold
+ * (maxd + 1, -1). */
+static int topk_excluding(const uint8_t *codes, size_t n, size_t nb, const uint8_t *queries, size_t nq, size_t k,
+                          const int64_t *indptr, const int64_t *excl, int32_t *dist_out, int64_t *idx_out) {
+    const unsigned maxd = (unsigned)(8 * nb);
+    int rc = 0;
+    cands_t c = {0};
+    size_t cap = 0;
+    int32_t *dt = NULL;
+    int64_t *it = NULL;
+    for (size_t qi = 0; qi < nq && rc == 0; qi++) {
+        const int64_t *ex = excl + indptr[qi];
+        size_t ne = (size_t)(indptr[qi + 1] - indptr[qi]);
+        size_t kq = k + ne < n ? k + ne : n;
+        if (kq > cap) {
+            free(dt);
+            free(it);
+            dt = malloc(kq * sizeof(int32_t));
+            it = malloc(kq * sizeof(int64_t));
+            cap = kq;
+            if (!dt || !it) {
+                rc = -1;
+                break;
+            }
+        }
+        const uint8_t *q = queries + qi * nb;
+        unsigned t = estimate_threshold(codes, n, nb, q, kq);
+        c.len = 0;
+        rc = scan(codes, nb, 0, n, q, t, &c);
+        if (rc == 0 && c.len < kq) { /* the estimate was too tight: rescan with the exact threshold */
+            c.len = 0;
+            rc = scan(codes, nb, 0, n, q, exact_threshold(codes, n, nb, q, kq), &c);
+        }
+        if (rc == 0) rc = select_k(&c, maxd, kq, dt, it);
+        if (rc) break;
+        int32_t *d_out = dist_out + qi * k;
+        int64_t *i_out = idx_out + qi * k;
+        size_t out = 0;
+        for (size_t j = 0; j < kq && out < k; j++) {
+            if (ne && in_sorted(ex, ne, it[j])) continue;
+            d_out[out] = dt[j];
+            i_out[out] = it[j];
+            out++;
+        }
+        for (; out < k; out++) {
+            d_out[out] = (int32_t)(maxd + 1);
+            i_out[out] = -1;
+        }
+    }
+    free(c.ids);
+    free(c.dist);
+    free(dt);
+    free(it);
     return rc;
 }
 
@@ -486,30 +579,59 @@ static PyObject *py_topk(PyObject *self, PyObject *args) {
 /* ---- re-rank scores: gather + dot product, fused ------------------------------------------------------- */
 
 /* scores[r, j] = <z[r], item_z[cand[r, j]]> (float32, summed in dimension order), -inf where cand < 0.
- * The rows of item_z are fetched in candidate order, i.e. at random: prefetching a few candidates ahead
- * overlaps their cache misses, which is most of the cost of a re-rank. */
+ * The rows of item_z are fetched in candidate order, i.e. at random: prefetching the next block of
+ * candidates overlaps their cache misses. Eight candidates are scored together: each one's sum is still
+ * one chain of adds in dimension order (the same result as one candidate at a time), but eight
+ * independent chains keep the FP units busy where a single chain waits on each add's latency (that wait
+ * was most of the re-rank's time: 64 dependent adds per candidate). */
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 static void dots(const float *item_z, size_t dim, const int64_t *cand, const float *z, size_t m, size_t c,
                  float *out) {
-    const size_t ahead = 8;
+    enum { B = 8 };
     for (size_t r = 0; r < m; r++) {
         const int64_t *cr = cand + r * c;
         const float *zr = z + r * dim;
-        for (size_t j = 0; j < c; j++) {
-            if (j + ahead < c && cr[j + ahead] >= 0) {
-                const char *p = (const char *)(item_z + (size_t)cr[j + ahead] * dim);
+        float *o = out + r * c;
+        for (size_t u = 0; u < 2 * B && u < c; u++)
+            if (cr[u] >= 0) {
+                const char *p = (const char *)(item_z + (size_t)cr[u] * dim);
                 for (size_t b = 0; b < dim * sizeof(float); b += 64) __builtin_prefetch(p + b);
             }
+        size_t j = 0;
+        for (; j + B <= c; j += B) {
+            for (size_t u = 2 * B; u < 3 * B && j + u < c; u++)
+                if (cr[j + u] >= 0) {
+                    const char *p = (const char *)(item_z + (size_t)cr[j + u] * dim);
+                    for (size_t b = 0; b < dim * sizeof(float); b += 64) __builtin_prefetch(p + b);
+                }
+            const float *p[B];
+            for (size_t u = 0; u < B; u++) p[u] = item_z + (size_t)(cr[j + u] < 0 ? 0 : cr[j + u]) * dim;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f;
+            for (size_t t = 0; t < dim; t++) {
+                const float zt = zr[t];
+                a0 += p[0][t] * zt;
+                a1 += p[1][t] * zt;
+                a2 += p[2][t] * zt;
+                a3 += p[3][t] * zt;
+                a4 += p[4][t] * zt;
+                a5 += p[5][t] * zt;
+                a6 += p[6][t] * zt;
+                a7 += p[7][t] * zt;
+            }
+            const float acc[B] = {a0, a1, a2, a3, a4, a5, a6, a7};
+            for (size_t u = 0; u < B; u++) o[j + u] = cr[j + u] < 0 ? -__builtin_inff() : acc[u];
+        }
+        for (; j < c; j++) {
             if (cr[j] < 0) {
-                out[r * c + j] = -__builtin_inff();
+                o[j] = -__builtin_inff();
                 continue;
             }
             const float *row = item_z + (size_t)cr[j] * dim;
             float acc = 0.0f;
             for (size_t t = 0; t < dim; t++) acc += row[t] * zr[t];
-            out[r * c + j] = acc;
+            o[j] = acc;
         }
     }
 }
@@ -548,6 +670,177 @@ static PyObject *py_dots(PyObject *self, PyObject *args) {
     return result;
 }
 
+static PyObject *py_topk_excluding(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer codes, queries, indptr, excl, dist, idx;
+    Py_ssize_t nb, k;
+    if (!PyArg_ParseTuple(args, "y*ny*ny*y*w*w*", &codes, &nb, &queries, &k, &indptr, &excl, &dist, &idx))
+        return NULL;
+    PyObject *result = NULL;
+    size_t n = nb > 0 ? (size_t)codes.len / (size_t)nb : 0;
+    size_t nq = nb > 0 ? (size_t)queries.len / (size_t)nb : 0;
+    size_t nex = (size_t)excl.len / sizeof(int64_t);
+    if (nb <= 0 || 8 * nb > 65535 || (size_t)codes.len != n * (size_t)nb ||
+        (size_t)queries.len != nq * (size_t)nb) {
+        PyErr_SetString(PyExc_ValueError, "codes and queries must be whole rows of nb bytes (1 <= 8 nb <= 65535)");
+    } else if (k < 1 || (size_t)k > n || n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "k must be in [1, n] and n < 2^32");
+    } else if ((size_t)indptr.len != (nq + 1) * sizeof(int64_t) || (size_t)excl.len != nex * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "indptr must hold nq + 1 int64 offsets into the int64 exclusions");
+    } else if ((size_t)dist.len != nq * (size_t)k * sizeof(int32_t) ||
+               (size_t)idx.len != nq * (size_t)k * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "output buffers must hold nq * k int32 distances and int64 ids");
+    } else {
+        const int64_t *ip = (const int64_t *)indptr.buf, *ex = (const int64_t *)excl.buf;
+        int bad = ip[0] != 0 || ip[nq] != (int64_t)nex;
+        for (size_t qi = 0; qi < nq && !bad; qi++) {
+            if (ip[qi + 1] < ip[qi]) bad = 1;
+            for (int64_t j = ip[qi] + 1; j < ip[qi + 1] && !bad; j++)
+                if (ex[j] < ex[j - 1]) bad = 1;
+        }
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "exclusions: indptr must be monotone from 0 to len(excl), each row sorted");
+        } else {
+            int rc;
+            Py_BEGIN_ALLOW_THREADS rc = topk_excluding((const uint8_t *)codes.buf, n, (size_t)nb,
+                                                       (const uint8_t *)queries.buf, nq, (size_t)k, ip, ex,
+                                                       (int32_t *)dist.buf, (int64_t *)idx.buf);
+            Py_END_ALLOW_THREADS if (rc == -1) PyErr_NoMemory();
+            else if (rc) PyErr_SetString(PyExc_RuntimeError, "hamming topk_excluding: internal error");
+            else {
+                Py_INCREF(Py_None);
+                result = Py_None;
+            }
+        }
+    }
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&queries);
+    PyBuffer_Release(&indptr);
+    PyBuffer_Release(&excl);
+    PyBuffer_Release(&dist);
+    PyBuffer_Release(&idx);
+    return result;
+}
+
+/* ---- re-rank: scores and top-k selection in one call ------------------------------------------------------- */
+
+/* Order of re-ranked entries: score descending, then item id ascending; empty slots (cand < 0) last, in
+ * position order; a NaN score sorts after every number (numpy's lexsort of (id, -score) does the same). */
+typedef struct {
+    float neg; /* -score (+inf for empty slots) */
+    int64_t tie; /* item id (INT64_MAX for empty slots) */
+    int64_t pos; /* position in the candidate row */
+} rr_t;
+
+static inline int rr_before(const rr_t *a, const rr_t *b) {
+    int an = a->neg != a->neg, bn = b->neg != b->neg; /* NaN */
+    if (an != bn) return bn;
+    if (!an && a->neg != b->neg) return a->neg < b->neg;
+    if (a->tie != b->tie) return a->tie < b->tie;
+    return a->pos < b->pos;
+}
+
+/* max-heap by rr_before (the root is the entry that comes last) */
+static void rr_sift_down(rr_t *h, size_t n, size_t i) {
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && rr_before(&h[m], &h[l])) m = l;
+        if (r < n && rr_before(&h[m], &h[r])) m = r;
+        if (m == i) return;
+        rr_t t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+/* rows of m candidates lists [m, c]: the first k (k <= c) by the order above, with their scores (computed
+ * by dots(), so bit-identical to fastscan.dots) and positions */
+static int rerank_topk(const float *item_z, size_t dim, const int64_t *cand, const float *z, size_t m, size_t c,
+                       size_t k, float *score_out, int64_t *idx_out, int64_t *pos_out) {
+    float *sc = malloc(c * sizeof(float));
+    rr_t *h = malloc(k * sizeof(rr_t));
+    if (!sc || !h) {
+        free(sc);
+        free(h);
+        return -1;
+    }
+    for (size_t r = 0; r < m; r++) {
+        const int64_t *cr = cand + r * c;
+        dots(item_z, dim, cr, z + r * dim, 1, c, sc);
+        size_t len = 0;
+        for (size_t j = 0; j < c; j++) {
+            rr_t e = {cr[j] < 0 ? __builtin_inff() : -sc[j], cr[j] < 0 ? INT64_MAX : cr[j], (int64_t)j};
+            if (len < k) {
+                h[len++] = e;
+                if (len == k)
+                    for (size_t i = k / 2; i-- > 0;) rr_sift_down(h, k, i);
+            } else if (rr_before(&e, &h[0])) {
+                h[0] = e;
+                rr_sift_down(h, k, 0);
+            }
+        }
+        /* heap sort: pop the last-ordered entry into the last free slot */
+        if (len < k)
+            for (size_t i = len / 2; i-- > 0;) rr_sift_down(h, len, i);
+        for (size_t n = len; n > 0; n--) {
+            rr_t e = h[0];
+            h[0] = h[n - 1];
+            rr_sift_down(h, n - 1, 0);
+            size_t o = r * k + (n - 1);
+            score_out[o] = sc[e.pos];
+            idx_out[o] = cr[e.pos];
+            pos_out[o] = e.pos;
+        }
+    }
+    free(sc);
+    free(h);
+    return 0;
+}
+
+static PyObject *py_rerank(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer items, cand, z, sco, idx, pos;
+    Py_ssize_t dim, k;
+    if (!PyArg_ParseTuple(args, "y*ny*y*nw*w*w*", &items, &dim, &cand, &z, &k, &sco, &idx, &pos)) return NULL;
+    PyObject *result = NULL;
+    size_t n = dim > 0 ? (size_t)items.len / ((size_t)dim * sizeof(float)) : 0;
+    size_t m = dim > 0 ? (size_t)z.len / ((size_t)dim * sizeof(float)) : 0;
+    size_t c = m ? (size_t)cand.len / (m * sizeof(int64_t)) : 0;
+    if (dim <= 0 || (size_t)items.len != n * (size_t)dim * sizeof(float) ||
+        (size_t)z.len != m * (size_t)dim * sizeof(float) || (size_t)cand.len != m * c * sizeof(int64_t) ||
+        k < 1 || (size_t)k > c || (size_t)sco.len != m * (size_t)k * sizeof(float) ||
+        (size_t)idx.len != m * (size_t)k * sizeof(int64_t) || (size_t)pos.len != m * (size_t)k * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "rerank: item_z [n, dim] f32, cand [m, c] i64, z [m, dim] f32, 1 <= k <= c, outputs [m, k]");
+    } else {
+        const int64_t *cp = (const int64_t *)cand.buf;
+        int bad = 0;
+        for (size_t j = 0; j < m * c; j++)
+            if (cp[j] >= (int64_t)n) bad = 1;
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "rerank: candidate id out of range");
+        } else {
+            int rc;
+            Py_BEGIN_ALLOW_THREADS rc = rerank_topk((const float *)items.buf, (size_t)dim, cp, (const float *)z.buf, m,
+                                                    c, (size_t)k, (float *)sco.buf, (int64_t *)idx.buf,
+                                                    (int64_t *)pos.buf);
+            Py_END_ALLOW_THREADS if (rc) PyErr_NoMemory();
+            else {
+                Py_INCREF(Py_None);
+                result = Py_None;
+            }
+        }
+    }
+    PyBuffer_Release(&items);
+    PyBuffer_Release(&cand);
+    PyBuffer_Release(&z);
+    PyBuffer_Release(&sco);
+    PyBuffer_Release(&idx);
+    PyBuffer_Release(&pos);
+    return result;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -560,6 +853,10 @@ static PyMethodDef methods[] = {
     {"topk_ranges", py_topk_ranges, METH_VARARGS,
      "topk_ranges(codes, nb, ids, queries, k, starts, ends, nr, dist_out, idx_out): exact top-k over ranges."},
     {"dots", py_dots, METH_VARARGS, "dots(item_z, dim, cand, z, out): re-rank scores, gather + dot fused."},
+    {"topk_excluding", py_topk_excluding, METH_VARARGS,
+     "topk_excluding(codes, nb, queries, k, indptr, excl, dist_out, idx_out): exact top-k without excluded ids."},
+    {"rerank", py_rerank, METH_VARARGS,
+     "rerank(item_z, dim, cand, z, k, score_out, idx_out, pos_out): scores + top-k by (score desc, id asc)."},
     {"kernel", py_kernel, METH_NOARGS, "kernel(): which scan kernel this CPU uses."},
     {NULL, NULL, 0, NULL}};
 

@@ -13,6 +13,7 @@ VPOPCNTDQ, 64-bit codes take the vector path; other code lengths and CPUs use a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,70 @@ def dots(item_z: np.ndarray, cand: np.ndarray, z: np.ndarray) -> np.ndarray:
     if cand.size:
         _hamming.dots(item_z, item_z.shape[1], cand, z, out)
     return out
+
+
+def topk_excluding(
+    codes: np.ndarray, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Hamming top-``k`` of each query among the items not in ``exclude[row]`` (sorted int64 item
+    ids): (dist int32 [nq, k], idx int64 [nq, k]), rows sorted by (distance, item id).
+
+    The same answer as :func:`topk` with ``k + len(exclude[row])`` items, the excluded ones removed and the
+    first ``k`` kept, without the Python-side filtering. Slots left empty (fewer than ``k`` items remain)
+    hold idx -1 and distance ``8 * nb + 1``. ``k`` is clipped to n. Raises ValueError when an exclusion
+    row is not sorted.
+    """
+    if _hamming is None:
+        raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    queries = np.ascontiguousarray(queries, dtype=np.uint8)
+    if codes.ndim != 2 or queries.ndim != 2 or codes.shape[1] != queries.shape[1]:
+        raise ValueError(f"codes {codes.shape} and queries {queries.shape} must be 2-d with equal widths")
+    if len(exclude) != len(queries):
+        raise ValueError(f"exclude has {len(exclude)} rows, queries {len(queries)}")
+    n, nb = codes.shape
+    nq = queries.shape[0]
+    k = min(int(k), n)
+    dist = np.empty((nq, max(k, 0)), np.int32)
+    idx = np.empty((nq, max(k, 0)), np.int64)
+    if nq == 0 or k <= 0:
+        return dist, idx
+    if nq == 1:  # the serving case: the user's row as it is, no concatenation
+        excl = np.ascontiguousarray(exclude[0], dtype=np.int64)
+        indptr = np.array([0, len(excl)], np.int64)
+    else:
+        lens = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=nq)
+        indptr = np.zeros(nq + 1, np.int64)
+        np.cumsum(lens, out=indptr[1:])
+        excl = (
+            np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]) if nq else np.zeros(0, np.int64)
+        )
+    _hamming.topk_excluding(codes, nb, queries, k, indptr, excl, dist, idx)
+    return dist, idx
+
+
+def rerank(
+    item_z: np.ndarray, cand: np.ndarray, z: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-rank each row of candidates (int64 [m, c], -1 = empty) by ``<z[r], item_z[id]>`` and keep the top
+    ``k' = min(k, c)``: (scores float32 [m, k'], idx int64 [m, k'], positions in ``cand`` int64 [m, k']).
+
+    Order: score descending, then item id ascending; empty slots last (score -inf, idx -1), in position
+    order. Scores are bit-identical to :func:`dots` (the same compiled loop).
+    """
+    if _hamming is None:
+        raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
+    item_z = np.ascontiguousarray(item_z, dtype=np.float32)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    m, c = cand.shape
+    k = min(int(k), c)
+    scores = np.empty((m, k), np.float32)
+    idx = np.empty((m, k), np.int64)
+    pos = np.empty((m, k), np.int64)
+    if m and k > 0:
+        _hamming.rerank(item_z, item_z.shape[1], cand, z, k, scores, idx, pos)
+    return scores, idx, pos
 
 
 class IVFScan:

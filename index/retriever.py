@@ -231,6 +231,8 @@ class Retriever:
         k, candidates = _check_k(k, candidates)
         if isinstance(users, str):
             users = [users]
+        if len(users) == 1 and allow is None and deny is None:
+            return [self._recommend_one(str(users[0]), k, candidates, exclude_seen)]
         uidx = self.bundle.users.to_internal(list(users))
         out: list[Recommendation | None] = [None] * len(uidx)
         rows = np.flatnonzero(uidx >= 0)
@@ -251,6 +253,20 @@ class Retriever:
             rec.user = str(self.bundle.users.raw[ui])
             out[int(r)] = rec
         return out
+
+    def _recommend_one(self, user: str, k: int, candidates: int, exclude_seen: bool) -> Recommendation | None:
+        """:meth:`recommend` for one user without filters (the serving case): the same stages, with row
+        slices (views) instead of the batch path's index arrays."""
+        ui = self.bundle.users.get(user)
+        if ui is None:
+            return None
+        exclude = [self.seen_items(ui)] if exclude_seen else None
+        b = self.bundle
+        (rec,) = self._two_stage(
+            b.user_codes[ui : ui + 1], b.user_z[ui : ui + 1], k, candidates, exclude, None, None
+        )
+        rec.user = str(b.users.raw[ui])
+        return rec
 
     def recommend_vectors(
         self,
@@ -416,8 +432,19 @@ class Retriever:
             )
         dist, cand = self._recall(codes, c, exclude, allow_idx)
         scores, top, pos = self._rerank(z, cand, k)
-        ham = np.take_along_axis(dist, pos, axis=1)
         raw = self.bundle.items.raw
+        if len(codes) == 1:  # one row: empty slots (idx -1) come last, so the answer is a prefix
+            m = int(np.count_nonzero(top[0] >= 0))
+            p = pos[0, :m]
+            return [
+                Recommendation(
+                    user=None,
+                    items=[str(x) for x in raw[top[0, :m]].tolist()],
+                    scores=scores[0, :m].tolist(),
+                    hamming=dist[0, p].tolist(),
+                )
+            ]
+        ham = np.take_along_axis(dist, pos, axis=1)
         out = []
         for r in range(len(codes)):
             ok = top[r] >= 0
@@ -446,6 +473,8 @@ class Retriever:
             return self._recall_subset(codes, width, exclude, allow_idx)
         if exclude is None:
             return self._search(codes, width)
+        if self._fast:  # exclusions applied inside the compiled scan: the same answer as the loop below
+            return fastscan.topk_excluding(self._item_codes, codes, width, exclude)
         dist = np.empty((n, width), np.int32)
         idx = np.empty((n, width), np.int64)
         for s in range(0, n, _ROW_CHUNK):
@@ -500,6 +529,8 @@ class Retriever:
         """(scores, idx, positions in ``cand``) of the top ``k`` by score desc, item id asc."""
         n, c = cand.shape
         k = min(k, c)
+        if self._cdots:  # scores and the (score desc, id asc) selection in one compiled call
+            return fastscan.rerank(self.bundle.item_z, cand, user_z, k)
         if n == 1:
             return self._rerank_one(user_z[0], cand[0], k)
         empty = cand < 0

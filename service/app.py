@@ -109,7 +109,12 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
             metrics.stage.labels("model").observe(seconds)
             metrics.batch_size.observe(size)
 
-        batcher = MicroBatcher(executor, max_inflight=settings.compute_threads, observe=observe_batch)
+        batcher = MicroBatcher(
+            executor,
+            max_inflight=settings.compute_threads,
+            observe=observe_batch,
+            inline_users=settings.inline_users,
+        )
         quality = QualityMonitor(metrics.registry, settings.quality_sample_rate, executor)
         export_executor = ThreadPoolExecutor(settings.export_threads, thread_name_prefix="hashrec-export")
         app.state.ctx = ServiceContext(

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         le=256,
         description="threads running model calls (FAISS releases the GIL); each uses one BLAS/OpenMP thread",
     )
+    inline_users: int = Field(
+        default=16,
+        ge=0,
+        le=1000,
+        description="model calls of at most this many users (the batch of concurrent requests) run on the "
+        "event loop itself: cheaper and steadier than a hand-off to a compute thread for sub-millisecond "
+        "calls; larger batches use the compute threads (0 = always the threads)",
+    )
 
     # -- cache ------------------------------------------------------------------------------------------
     cache: CacheBackend = Field(

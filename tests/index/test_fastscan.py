@@ -51,9 +51,9 @@ def test_threshold_rescan_path() -> None:
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (50_000, 8), dtype=np.uint8)
     q = rng.integers(0, 256, (1, 8), dtype=np.uint8)
-    # the threshold is estimated from 64 runs of 256 codes spread over the corpus (see _hamming.c): make
-    # every sampled code equal to the query, so the estimate says "distance 0 suffices" although only
-    # 16,384 items are at distance 0 and k is 20,000
+    # the threshold is estimated from 64 runs of consecutive codes starting at multiples of n / 64 (see
+    # _hamming.c; 32 codes per run here): make 256 codes at each run start equal to the query, so the
+    # estimate says "distance 0 suffices" although only 16,384 items are at distance 0 and k is 20,000
     gap = len(codes) // 64
     for r in range(64):
         codes[r * gap : r * gap + 256] = q
@@ -132,3 +132,56 @@ def test_dots_equal_numpy_and_mark_empty_slots() -> None:
     assert got[1, 7] == -np.inf
     with pytest.raises(ValueError, match="out of range"):
         fastscan.dots(item_z, np.array([[300]]), z[:1])
+
+
+@pytest.mark.parametrize("bits", [16, 64, 136])
+def test_topk_excluding_equals_topk_with_the_excluded_ids_removed(bits: int) -> None:
+    """Per query: the top-(k + |excluded|) of the plain scan, excluded ids dropped, first k kept; rows
+    whose exclusions leave fewer than k items are padded with (bits + 1, -1)."""
+    rng = np.random.default_rng(bits)
+    n = 2000
+    codes = clustered_codes(n, bits, 5)  # many ties: the id order inside a distance matters
+    queries = clustered_codes(5, bits, 6)
+    exclude = [
+        np.unique(rng.integers(0, n, 40)),
+        np.zeros(0, np.int64),
+        np.arange(n - 3, dtype=np.int64),  # leaves 3 items: padding
+        np.arange(n, dtype=np.int64),  # leaves nothing
+        np.unique(rng.integers(0, n, 1500)),
+    ]
+    for k in (1, 50, 600):
+        d, i = fastscan.topk_excluding(codes, queries, k, exclude)
+        assert d.shape == i.shape == (5, k)
+        for r, ex in enumerate(exclude):
+            dd, ii = fastscan.topk(codes, queries[r : r + 1], min(n, k + len(ex)))
+            keep = ~np.isin(ii[0], ex)
+            sel = np.flatnonzero(keep)[:k]
+            ref_d = np.full(k, bits + 1, np.int32)
+            ref_i = np.full(k, -1, np.int64)
+            ref_d[: len(sel)], ref_i[: len(sel)] = dd[0, sel], ii[0, sel]
+            np.testing.assert_array_equal(i[r], ref_i)
+            np.testing.assert_array_equal(d[r], ref_d)
+    with pytest.raises(ValueError, match="sorted"):
+        fastscan.topk_excluding(codes, queries[:1], 5, [np.array([9, 3])])
+
+
+def test_rerank_equals_a_full_sort_of_dots() -> None:
+    """Top-k by (score desc, item id asc), empty slots last in position order, scores equal to dots()."""
+    rng = np.random.default_rng(7)
+    n, dim, c = 500, 20, 120
+    item_z = np.round(rng.standard_normal((n, dim)) * 2).astype(np.float32)  # integer-valued: many ties
+    z = np.round(rng.standard_normal((3, dim))).astype(np.float32)
+    cand = np.stack([rng.permutation(n)[:c] for _ in range(3)]).astype(np.int64)
+    cand[1, 100:] = -1  # 20 empty slots
+    cand[2, 5] = -1
+    scores = fastscan.dots(item_z, cand, z)
+    for k in (1, 10, 110, c):
+        s, i, pos = fastscan.rerank(item_z, cand, z, k)
+        assert s.shape == i.shape == pos.shape == (3, k)
+        for r in range(3):
+            tie = np.where(cand[r] < 0, np.iinfo(np.int64).max, cand[r])
+            order = np.lexsort((tie, -scores[r]))[:k]
+            np.testing.assert_array_equal(i[r], cand[r][order])
+            np.testing.assert_array_equal(s[r], scores[r][order])
+            np.testing.assert_array_equal(pos[r], order)
+    assert (fastscan.rerank(item_z, cand, z, 500)[1][1, 100:] == -1).all()  # k is clipped to c

@@ -122,23 +122,28 @@ def test_live_server_exports_the_overlap_of_sampled_answers(
     srv = start_server(bundles, env={"HASHREC_QUALITY_SAMPLE_RATE": "1", "HASHREC_CACHE": "none"})
     users = [str(u) for u in synth_dataset.users.raw[:30]]
     n_items = synth_dataset.n_items
-    with httpx.Client(base_url=srv.url, timeout=30) as c:
-        for u in users:
-            assert c.get(f"/recommend/{u}", params={"k": 10, "candidates": n_items}).status_code == 200
+
+    def wait_for_count(c: httpx.Client, count: int) -> str:
+        # The monitor measures in the background and drops samples while `max_pending` are running (by
+        # design: it never slows answers down). Answers come back faster than a measurement finishes, so
+        # wait for each one: then every answer is measured and the counts below are exact.
         text = ""
-        for _ in range(50):  # measured in the background: wait for all 30
+        for _ in range(200):
             text = c.get("/metrics").text
-            if "hashrec_recall_overlap_count 30.0" in text:
+            if f"hashrec_recall_overlap_count {count}.0" in text:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
+        return text
+
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for i, u in enumerate(users, 1):
+            assert c.get(f"/recommend/{u}", params={"k": 10, "candidates": n_items}).status_code == 200
+            text = wait_for_count(c, i)
         assert "hashrec_recall_overlap_count 30.0" in text and "hashrec_recall_overlap_sum 30.0" in text
-        for u in users:
+        for i, u in enumerate(users, 31):
             assert c.get(f"/recommend/{u}", params={"k": 10, "candidates": 10}).status_code == 200
-        for _ in range(50):
-            text = c.get("/metrics").text
-            if "hashrec_recall_overlap_count 60.0" in text:
-                break
-            time.sleep(0.05)
+            text = wait_for_count(c, i)
+    assert 'hashrec_quality_samples_total{result="skipped"}' not in text
     count = float(text.split("hashrec_recall_overlap_count ")[1].split()[0])
     total = float(text.split("hashrec_recall_overlap_sum ")[1].split()[0])
     assert count == 60.0 and 30.0 < total < 60.0  # the C = k answers miss part of the exact top-10
