@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from hashrec.cli import main
 from hashrec.index.codes import hamming, pack
+from hashrec.logs import setup_logging
 from hashrec.model.baselines import svd_embeddings
 from hashrec.model.data import Dataset
 from hashrec.model.evaluate import EvalConfig, evaluate_arrays, rank_all_modes
@@ -125,6 +127,10 @@ def test_valid_split_writes_separate_reports(run_dir: Path, capsys: pytest.Captu
 def test_bad_input_is_refused_with_a_clear_message(
     run_dir: Path, synth_dataset: Dataset, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The CLI's first set-up in a process replaces the root handlers (pytest's capture handler with them):
+    # do that first, then attach the capture handler again, so the test passes whichever test ran before.
+    setup_logging()
+    logging.getLogger().addHandler(caplog.handler)
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in caplog.text
 
