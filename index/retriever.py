@@ -444,20 +444,21 @@ class Retriever:
                     hamming=dist[0, p].tolist(),
                 )
             ]
-        ham = np.take_along_axis(dist, pos, axis=1)
-        out = []
-        for r in range(len(codes)):
-            ok = top[r] >= 0
-            ids = top[r][ok]
-            out.append(
-                Recommendation(
-                    user=None,
-                    items=[str(x) for x in raw[ids].tolist()],
-                    scores=scores[r][ok].tolist(),  # tolist: Python floats/ints, element loop in C
-                    hamming=ham[r][ok].tolist(),
-                )
+        # empty slots (idx -1) come last in every row, so each answer is a prefix of its row: convert the
+        # arrays to Python lists once (tolist: the element loop in C) and slice them per row
+        lens = np.count_nonzero(top >= 0, axis=1).tolist()
+        items = raw[np.maximum(top, 0)].tolist()
+        score_rows = scores.tolist()
+        ham_rows = np.take_along_axis(dist, pos, axis=1).tolist()
+        return [
+            Recommendation(
+                user=None,
+                items=[str(x) for x in items[r][:m]],
+                scores=score_rows[r][:m],
+                hamming=ham_rows[r][:m],
             )
-        return out
+            for r, m in enumerate(lens)
+        ]
 
     def _recall(
         self,

@@ -79,8 +79,13 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         """Load the bundle, build the cache, pools and batcher; release them at shutdown."""
         limit_native_threads(1)
 
+        # label children looked up once: `labels()` takes a lock and builds a key on every call, and these
+        # run several times per model call
+        stages = {name: metrics.stage.labels(name) for name in ("recall", "rerank", "model")}
+
         def observe(stage: str, seconds: float) -> None:
-            metrics.stage.labels(stage).observe(seconds)
+            child = stages.get(stage)
+            (child if child is not None else metrics.stage.labels(stage)).observe(seconds)
 
         state = ServingState(settings.bundles, threads=1, observe=observe, mmap=settings.bundle_mmap)
         if snapshot is not None:
@@ -106,7 +111,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="hashrec-model")
 
         def observe_batch(seconds: float, size: int) -> None:
-            metrics.stage.labels("model").observe(seconds)
+            stages["model"].observe(seconds)
             metrics.batch_size.observe(size)
 
         batcher = MicroBatcher(
