@@ -161,6 +161,12 @@ class _Server:
                 time.sleep(0.2)
         raise RuntimeError(f"server not ready after 120 s; see {self.log_path}")
 
+    @property
+    def pid(self) -> int:
+        """The server process's id (one uvicorn worker: the process that answers)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -181,14 +187,30 @@ def _redis(work: Path) -> Iterator[RedisProcess]:
         rds.stop()
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _wrk(
     url: str,
     seconds: float,
     connections: int,
     script: Path,
     path: str = "/",
+    pid: int | None = None,
 ) -> dict[str, Any]:
-    """Run wrk once; returns its JSON summary with throughput (req/s) and latencies in ms."""
+    """Run wrk once; returns its JSON summary with throughput (req/s) and latencies in ms.
+
+    With the server's ``pid``, also ``cpu_us_per_request``: the server process's CPU time over the run
+    divided by the requests served. Unlike req/s, that figure hardly moves when other work shares the
+    cores, so floor and target can be compared on a busy machine.
+    """
+    cpu0 = server_cpu_seconds(pid) if pid is not None else 0.0
     cmd = [
         "wrk",
         "-t1",
@@ -201,6 +223,7 @@ def _wrk(
         url + path,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = server_cpu_seconds(pid) - cpu0 if pid is not None else None
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()}")
     line = next(ln for ln in reversed(proc.stderr.splitlines()) if ln.startswith("{"))
@@ -217,6 +240,7 @@ def _wrk(
         "max_ms": raw["max_us"] / 1000,
         "errors": errors,
         "error_detail": {k: raw[k] for k in ("connect", "read", "write", "status", "timeout")},
+        "cpu_us_per_request": cpu / raw["requests"] * 1e6 if cpu is not None and raw["requests"] else None,
     }
 
 
@@ -240,7 +264,15 @@ PACED_CONNECTIONS = 64
 
 
 def _paced(
-    url: str, work: Path, name: str, users_file: Path, query: str, rate: float, seconds: float, quick: bool
+    url: str,
+    work: Path,
+    name: str,
+    users_file: Path,
+    query: str,
+    rate: float,
+    seconds: float,
+    quick: bool,
+    pid: int | None = None,
 ) -> dict[str, Any]:
     """An open-ish loop at ``rate`` req/s: many connections, each waiting a random think time (exponential,
     mean ``delay``) before every request, so that arrivals are close to Poisson.
@@ -257,10 +289,17 @@ def _paced(
         )
         delay = max(0.0, delay - calib["mean_ms"])
     script = _script(work, name, users_file, query, sequential=False, delay_ms=delay)
-    return {"target_rps": rate, "delay_ms": delay, "connections": conns, **_wrk(url, seconds, conns, script)}
+    return {
+        "target_rps": rate,
+        "delay_ms": delay,
+        "connections": conns,
+        **_wrk(url, seconds, conns, script, pid=pid),
+    }
 
 
-def _paced_floor(url: str, work: Path, name: str, rate: float, seconds: float) -> dict[str, Any]:
+def _paced_floor(
+    url: str, work: Path, name: str, rate: float, seconds: float, pid: int | None = None
+) -> dict[str, Any]:
     """``GET /livez`` at ``rate`` req/s with the same pacing as :func:`_paced` (no calibration: ~0 latency)."""
     conns = PACED_CONNECTIONS
     delay = conns / rate * 1000
@@ -272,23 +311,41 @@ def _paced_floor(url: str, work: Path, name: str, rate: float, seconds: float) -
         "target_rps": rate,
         "delay_ms": delay,
         "connections": conns,
-        **_wrk(url, seconds, conns, script, "/livez"),
+        **_wrk(url, seconds, conns, script, "/livez", pid=pid),
     }
 
 
 def _alternate(
-    url: str, floor_script: Path, target_script: Path, seconds: float, conns: int, repeats: int
+    url: str,
+    floor_script: Path,
+    target_script: Path,
+    seconds: float,
+    conns: int,
+    repeats: int,
+    pid: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     floors, targets = [], []
     for _ in range(repeats):
-        floors.append(_wrk(url, seconds, conns, floor_script, "/livez"))
-        targets.append(_wrk(url, seconds, conns, target_script))
+        floors.append(_wrk(url, seconds, conns, floor_script, "/livez", pid=pid))
+        targets.append(_wrk(url, seconds, conns, target_script, pid=pid))
     return floors, targets
+
+
+def _cpu_ratio(floors: list[dict[str, Any]], targets: list[dict[str, Any]]) -> float | None:
+    """Median over the alternating pairs of target / floor server CPU per request."""
+    pairs = [
+        t["cpu_us_per_request"] / f["cpu_us_per_request"]
+        for f, t in zip(floors, targets, strict=True)
+        if f.get("cpu_us_per_request") and t.get("cpu_us_per_request")
+    ]
+    return statistics.median(pairs) if pairs else None
 
 
 def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("rps", "p50_ms", "p95_ms", "p99_ms")
     out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    cpu = [r["cpu_us_per_request"] for r in runs if r.get("cpu_us_per_request") is not None]
+    out["cpu_us_per_request"] = statistics.median(cpu) if cpu else None
     out["errors"] = sum(r["errors"] for r in runs)
     out["requests"] = sum(r["requests"] for r in runs)
     return out
@@ -326,13 +383,14 @@ def run_benchmark(
         log.info("uncached server: floor vs /recommend, %d x %.0f s each", repeats, seconds)
         with _Server(bundles, work, "uncached", HASHREC_CACHE="none", **common) as srv:
             floors, targets = _alternate(
-                srv.url, floor_script, uncached_script, seconds, connections, repeats
+                srv.url, floor_script, uncached_script, seconds, connections, repeats, pid=srv.pid
             )
             floor_rps = statistics.median(r["rps"] for r in floors)
             results["uncached"] = {
                 "floor": _median_row(floors),
                 "recommend": _median_row(targets),
                 "ratio": statistics.median(t["rps"] / f["rps"] for f, t in zip(floors, targets, strict=True)),
+                "cpu_ratio": _cpu_ratio(floors, targets),
                 "runs": {"floor": floors, "recommend": targets},
             }
             # Paced runs (the issue's "p99 at 80% of that load", read both ways: 80% of the uncached
@@ -344,21 +402,28 @@ def run_benchmark(
                 ("paced_80_floor", 0.8 * floor_rps),
             ):
                 log.info("%s: %.0f req/s target, %.0f s", name, rate, seconds)
-                results[name] = _paced(srv.url, work, name, users_file, query, rate, seconds, quick)
+                results[name] = _paced(
+                    srv.url, work, name, users_file, query, rate, seconds, quick, pid=srv.pid
+                )
                 # control: the floor endpoint paced at the same rate on the same server, to show how much of
                 # the tail is the machine (shared cores, preemption) rather than the recommendation path
-                results[name + "_floor_control"] = _paced_floor(srv.url, work, name, rate, seconds)
+                results[name + "_floor_control"] = _paced_floor(
+                    srv.url, work, name, rate, seconds, pid=srv.pid
+                )
             log.info("long uncached run: %.0f s", long_seconds)
-            results["long"] = _wrk(srv.url, long_seconds, connections, uncached_script)
+            results["long"] = _wrk(srv.url, long_seconds, connections, uncached_script, pid=srv.pid)
 
         log.info("cached server (in-process LRU): warm-up, then floor vs /recommend")
         with _Server(bundles, work, "memory", HASHREC_CACHE="memory", **common) as srv:
             _wrk(srv.url, 2, connections, cached_script)  # fills the cache with the warm set
-            floors, targets = _alternate(srv.url, floor_script, cached_script, seconds, connections, repeats)
+            floors, targets = _alternate(
+                srv.url, floor_script, cached_script, seconds, connections, repeats, pid=srv.pid
+            )
             results["cached_memory"] = {
                 "floor": _median_row(floors),
                 "recommend": _median_row(targets),
                 "ratio": statistics.median(t["rps"] / f["rps"] for f, t in zip(floors, targets, strict=True)),
+                "cpu_ratio": _cpu_ratio(floors, targets),
                 "runs": {"floor": floors, "recommend": targets},
                 "hit_check": _hit_fraction(srv.url, warm[:50], query),
             }
@@ -373,7 +438,7 @@ def run_benchmark(
             ):
                 _wrk(srv.url, 2, connections, cached_script)
                 floors, targets = _alternate(
-                    srv.url, floor_script, cached_script, seconds, connections, repeats
+                    srv.url, floor_script, cached_script, seconds, connections, repeats, pid=srv.pid
                 )
                 results[key] = {
                     "near_cache_entries": int(near),
@@ -382,6 +447,7 @@ def run_benchmark(
                     "ratio": statistics.median(
                         t["rps"] / f["rps"] for f, t in zip(floors, targets, strict=True)
                     ),
+                    "cpu_ratio": _cpu_ratio(floors, targets),
                     "runs": {"floor": floors, "recommend": targets},
                     "hit_check": _hit_fraction(srv.url, warm[:50], query),
                 }
@@ -416,12 +482,14 @@ def _hit_fraction(url: str, users: list[str], query: str) -> float:
 
 
 def _row(label: str, row: dict[str, Any]) -> list[Any]:
+    cpu = row.get("cpu_us_per_request")
     return [
         label,
         f"{row['rps']:.0f}",
         f"{row['p50_ms']:.2f}",
         f"{row['p95_ms']:.2f}",
         f"{row['p99_ms']:.2f}",
+        "-" if cpu is None else f"{cpu:.0f}",
         row["errors"],
         f"{row['requests']:,}",
     ]
@@ -455,7 +523,9 @@ def render(payload: dict[str, Any], machine: dict[str, Any]) -> str:
             )
     lg = r["long"]
     rows.append(_row(f"`GET /recommend` uncached, one {lg['seconds']:.0f} s run", lg))
-    table = md_table(["run", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "requests"], rows)
+    table = md_table(
+        ["run", "req/s", "p50 ms", "p95 ms", "p99 ms", "server CPU us/req", "errors", "requests"], rows
+    )
     u, cm, cr = r["uncached"]["ratio"], r["cached_memory"]["ratio"], r["cached_redis"]["ratio"]
     cro = r["cached_redis_only"]["ratio"]
 
@@ -491,6 +561,16 @@ def render(payload: dict[str, Any], machine: dict[str, Any]) -> str:
             f"\n\nControl for the tail latency: on the same server and the same machine, the trivial `GET /livez`"
             f" paced at the same {ctl['target_rps']:.0f} req/s had p99 {ctl['p99_ms']:.2f} ms (max"
             f" {ctl['max_ms']:.0f} ms), against {pr['p99_ms']:.2f} ms for `GET /recommend`."
+        )
+    unc = r["uncached"]
+    if unc.get("cpu_ratio"):
+        verdict += (
+            f"\n\nServer CPU per request (user + system time of the server process over each run, divided by"
+            f" the requests it served; robust to other work on the cores, unlike req/s): uncached"
+            f" `GET /recommend` {unc['recommend']['cpu_us_per_request']:.0f} us against"
+            f" {unc['floor']['cpu_us_per_request']:.0f} us for the floor, a ratio of {unc['cpu_ratio']:.2f}"
+            f" (median over the pairs). The throughput target (>= 50% of the floor) means a ratio <= 2 on an"
+            f" otherwise idle CPU-bound server."
         )
     quick = " **Quick smoke run: not a measurement to quote.**" if payload["quick"] else ""
     return f"""## Service (`hashrec bench service`)
