@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -841,6 +842,118 @@ static PyObject *py_rerank(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ---- one user, both stages, Python lists out ----------------------------------------------------------- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* recommend_one(codes, nb, q, width, excl, item_z, dim, z, k, raw_ids) -> (items, scores, hamming,
+ * recall_s, rerank_s): topk_excluding for one query (width nearest non-excluded codes), then rerank_topk of
+ * those candidates (top min(k, width)); the answer's empty slots (fewer items than k remain) are dropped.
+ * items are raw_ids[internal id] (a list of n objects), scores Python floats of the float32 scores,
+ * hamming Python ints; recall_s and rerank_s are the two stages' wall times. The GIL is released for both
+ * stages. The same answer as the Retriever's two stages on the same arrays. */
+static PyObject *py_recommend_one(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer codes, q, excl, items, z;
+    Py_ssize_t nb, width, dim, k;
+    PyObject *raw;
+    if (!PyArg_ParseTuple(args, "y*ny*ny*y*ny*nO!", &codes, &nb, &q, &width, &excl, &items, &dim, &z, &k,
+                          &PyList_Type, &raw))
+        return NULL;
+    PyObject *result = NULL;
+    size_t n = nb > 0 ? (size_t)codes.len / (size_t)nb : 0;
+    size_t ne = (size_t)excl.len / sizeof(int64_t);
+    size_t kk = (size_t)(k < width ? k : width);
+    if (nb <= 0 || 8 * nb > 65535 || (size_t)codes.len != n * (size_t)nb || (size_t)q.len != (size_t)nb ||
+        n > UINT32_MAX || width < 1 || (size_t)width > n || k < 1 || (size_t)excl.len != ne * sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "recommend_one: codes [n, nb], one query of nb bytes, 1 <= width <= n, k >= 1");
+    } else if (dim <= 0 || (size_t)items.len != n * (size_t)dim * sizeof(float) ||
+               (size_t)z.len != (size_t)dim * sizeof(float) || (size_t)PyList_GET_SIZE(raw) != n) {
+        PyErr_SetString(PyExc_ValueError, "recommend_one: item_z [n, dim] f32, z [dim] f32, raw_ids of length n");
+    } else {
+        const int64_t *ex = (const int64_t *)excl.buf;
+        int bad = 0;
+        for (size_t j = 1; j < ne; j++)
+            if (ex[j] < ex[j - 1]) bad = 1;
+        int32_t *dist = malloc((size_t)width * sizeof(int32_t));
+        int64_t *idx = malloc((size_t)width * sizeof(int64_t));
+        float *sc = malloc(kk * sizeof(float));
+        int64_t *top = malloc(kk * sizeof(int64_t)), *pos = malloc(kk * sizeof(int64_t));
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "recommend_one: the exclusions must be sorted");
+        } else if (!dist || !idx || !sc || !top || !pos) {
+            PyErr_NoMemory();
+        } else {
+            int64_t indptr[2] = {0, (int64_t)ne};
+            int rc;
+            double t0, t1, t2;
+            Py_BEGIN_ALLOW_THREADS t0 = now_s();
+            rc = topk_excluding((const uint8_t *)codes.buf, n, (size_t)nb, (const uint8_t *)q.buf, 1, (size_t)width,
+                                indptr, ex, dist, idx);
+            t1 = now_s();
+            if (rc == 0)
+                rc = rerank_topk((const float *)items.buf, (size_t)dim, idx, (const float *)z.buf, 1, (size_t)width,
+                                 kk, sc, top, pos);
+            t2 = now_s();
+            Py_END_ALLOW_THREADS if (rc == -1) PyErr_NoMemory();
+            else if (rc) PyErr_SetString(PyExc_RuntimeError, "hamming recommend_one: internal error");
+            else {
+                size_t m = 0;
+                while (m < kk && top[m] >= 0) m++; /* empty slots come last */
+                PyObject *li = PyList_New((Py_ssize_t)m), *ls = PyList_New((Py_ssize_t)m),
+                         *lh = PyList_New((Py_ssize_t)m);
+                int ok = li && ls && lh;
+                for (size_t j = 0; j < m && ok; j++) {
+                    PyObject *it = PyList_GET_ITEM(raw, (Py_ssize_t)top[j]);
+                    Py_INCREF(it);
+                    PyList_SET_ITEM(li, (Py_ssize_t)j, it);
+                    PyObject *f = PyFloat_FromDouble((double)sc[j]);
+                    PyObject *h = PyLong_FromLong((long)dist[pos[j]]);
+                    if (!f || !h) {
+                        Py_XDECREF(f);
+                        Py_XDECREF(h);
+                        ok = 0;
+                        break;
+                    }
+                    PyList_SET_ITEM(ls, (Py_ssize_t)j, f);
+                    PyList_SET_ITEM(lh, (Py_ssize_t)j, h);
+                }
+                PyObject *tr = ok ? PyFloat_FromDouble(t1 - t0) : NULL, *tk = ok ? PyFloat_FromDouble(t2 - t1) : NULL;
+                result = tr && tk ? PyTuple_New(5) : NULL;
+                if (result) {
+                    PyTuple_SET_ITEM(result, 0, li);
+                    PyTuple_SET_ITEM(result, 1, ls);
+                    PyTuple_SET_ITEM(result, 2, lh);
+                    PyTuple_SET_ITEM(result, 3, tr);
+                    PyTuple_SET_ITEM(result, 4, tk);
+                } else {
+                    /* lists whose slots are not all set yet are still safe to release (NULL slots) */
+                    Py_XDECREF(li);
+                    Py_XDECREF(ls);
+                    Py_XDECREF(lh);
+                    Py_XDECREF(tr);
+                    Py_XDECREF(tk);
+                }
+            }
+        }
+        free(dist);
+        free(idx);
+        free(sc);
+        free(top);
+        free(pos);
+    }
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&excl);
+    PyBuffer_Release(&items);
+    PyBuffer_Release(&z);
+    return result;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -855,6 +968,8 @@ static PyMethodDef methods[] = {
     {"dots", py_dots, METH_VARARGS, "dots(item_z, dim, cand, z, out): re-rank scores, gather + dot fused."},
     {"topk_excluding", py_topk_excluding, METH_VARARGS,
      "topk_excluding(codes, nb, queries, k, indptr, excl, dist_out, idx_out): exact top-k without excluded ids."},
+    {"recommend_one", py_recommend_one, METH_VARARGS,
+     "recommend_one(codes, nb, q, width, excl, item_z, dim, z, k, raw_ids): both stages for one user, as lists."},
     {"rerank", py_rerank, METH_VARARGS,
      "rerank(item_z, dim, cand, z, k, score_out, idx_out, pos_out): scores + top-k by (score desc, id asc)."},
     {"kernel", py_kernel, METH_NOARGS, "kernel(): which scan kernel this CPU uses."},

@@ -149,6 +149,41 @@ def rerank(
     return scores, idx, pos
 
 
+def recommend_one(
+    codes: np.ndarray,
+    query: np.ndarray,
+    width: int,
+    exclude: np.ndarray,
+    item_z: np.ndarray,
+    z: np.ndarray,
+    k: int,
+    raw_ids: list[Any],
+) -> tuple[list[Any], list[float], list[int], float, float]:
+    """Both stages for one user in one call: (items, scores, hamming, recall seconds, rerank seconds).
+
+    Recall: the ``width`` nearest codes (uint8 [n, nb]) to ``query`` (uint8 [nb]) that are not in
+    ``exclude`` (sorted int64 ids), as :func:`topk_excluding`; re-rank: the top ``min(k, width)`` of those
+    by ``<z, item_z[id]>``, as :func:`rerank`. The answer holds ``raw_ids[id]`` of each item (fewer than
+    ``k`` when fewer items remain), the float32 scores as Python floats and the Hamming distances as ints;
+    the two wall times feed the stage metrics. The serving fast path: one call, Python lists out.
+    """
+    if _hamming is None:
+        raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
+    nb = codes.shape[1]
+    return _hamming.recommend_one(
+        np.ascontiguousarray(codes, dtype=np.uint8),
+        nb,
+        np.ascontiguousarray(query, dtype=np.uint8),
+        int(width),
+        np.ascontiguousarray(exclude, dtype=np.int64),
+        np.ascontiguousarray(item_z, dtype=np.float32),
+        item_z.shape[1],
+        np.ascontiguousarray(z, dtype=np.float32),
+        int(k),
+        raw_ids,
+    )
+
+
 class IVFScan:
     """Search a FAISS ``IndexBinaryIVF`` with the compiled scan instead of FAISS's per-code heap.
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 # rows per FAISS/numpy chunk: bounds memory of over-fetching and of subset scans
 _ROW_CHUNK = 32
+_NO_ITEMS = np.zeros(0, np.int64)
 _SUBSET_BYTES = 1 << 26
 
 
@@ -129,6 +130,13 @@ class Retriever:
         self._pop_order = np.lexsort((np.arange(len(pop)), -pop))
         codes = bundle.item_codes
         self._item_codes = codes if codes.size else pack(bundle.item_z)
+        # one user without filters (the serving case) in one compiled call: flat bundles, float32 item_z
+        self._fused = self._fast and self._cdots and self._n_items > 0
+        # raw item ids as a Python list of str: the fused call picks the answer's ids from it directly
+        self._item_raw: list[str] = [str(x) for x in bundle.items.raw.tolist()] if self._fused else []
+        # optional stage timer: observe("recall" | "rerank", seconds) after each stage (the service's
+        # metrics); the fused path reports its own two stage times
+        self.observe: Callable[[str, float], None] | None = None
 
     # -- construction from arrays (evaluation, tests) ------------------------------------------------------
     @classmethod
@@ -260,8 +268,24 @@ class Retriever:
         ui = self.bundle.users.get(user)
         if ui is None:
             return None
-        exclude = [self.seen_items(ui)] if exclude_seen else None
         b = self.bundle
+        if self._fused:
+            c = max(candidates, k)
+            items, scores, ham, t_recall, t_rerank = fastscan.recommend_one(
+                self._item_codes,
+                b.user_codes[ui],
+                min(c, self._n_items),
+                self.seen_items(ui) if exclude_seen else _NO_ITEMS,
+                b.item_z,
+                b.user_z[ui],
+                k,
+                self._item_raw,
+            )
+            if self.observe is not None:
+                self.observe("recall", t_recall)
+                self.observe("rerank", t_rerank)
+            return Recommendation(user=str(b.users.raw[ui]), items=items, scores=scores, hamming=ham)
+        exclude = [self.seen_items(ui)] if exclude_seen else None
         (rec,) = self._two_stage(
             b.user_codes[ui : ui + 1], b.user_z[ui : ui + 1], k, candidates, exclude, None, None
         )

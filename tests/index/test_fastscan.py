@@ -185,3 +185,31 @@ def test_rerank_equals_a_full_sort_of_dots() -> None:
             np.testing.assert_array_equal(s[r], scores[r][order])
             np.testing.assert_array_equal(pos[r], order)
     assert (fastscan.rerank(item_z, cand, z, 500)[1][1, 100:] == -1).all()  # k is clipped to c
+
+
+def test_recommend_one_equals_the_two_stages() -> None:
+    """The fused one-user call: topk_excluding then rerank, empty slots dropped, raw ids looked up."""
+    rng = np.random.default_rng(11)
+    n, bits = 700, 64
+    codes = clustered_codes(n, bits, 8)
+    item_z = np.round(rng.standard_normal((n, bits)) * 2).astype(np.float32)  # score ties
+    raw = [f"item{i}" for i in range(n)]
+    for trial in range(20):
+        q = clustered_codes(1, bits, 100 + trial)[0]
+        z = np.round(rng.standard_normal(bits)).astype(np.float32)
+        excl = np.unique(rng.integers(0, n, int(rng.integers(0, 60)))) if trial != 3 else np.arange(n - 5)
+        width, k = int(rng.integers(1, n + 1)), int(rng.integers(1, 40))
+        items, scores, ham, t_recall, t_rerank = fastscan.recommend_one(
+            codes, q, width, excl, item_z, z, k, raw
+        )
+        d, c = fastscan.topk_excluding(codes, q[None, :], width, [excl])
+        s, i, pos = fastscan.rerank(item_z, c, z[None, :], k)
+        m = int((i[0] >= 0).sum())
+        assert items == [raw[x] for x in i[0, :m]]
+        assert scores == s[0, :m].tolist() and ham == d[0, pos[0, :m]].tolist()
+        assert t_recall >= 0 and t_rerank >= 0
+    assert len(fastscan.recommend_one(codes, q, n, np.arange(n - 5), item_z, z, 20, raw)[0]) == 5
+    with pytest.raises(ValueError, match="sorted"):
+        fastscan.recommend_one(codes, q, 10, np.array([5, 2]), item_z, z, 3, raw)
+    with pytest.raises(ValueError, match="raw_ids"):
+        fastscan.recommend_one(codes, q, 10, excl, item_z, z, 3, raw[:-1])
