@@ -954,6 +954,144 @@ static PyObject *py_recommend_one(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* the answer lists of one user from the re-rank outputs (m valid entries): raw ids, float scores, distances */
+static PyObject *answer_tuple(size_t m, const int64_t *top, const float *sc, const int64_t *pos, const int32_t *dist,
+                              PyObject *raw) {
+    PyObject *li = PyList_New((Py_ssize_t)m), *ls = PyList_New((Py_ssize_t)m), *lh = PyList_New((Py_ssize_t)m);
+    PyObject *t = li && ls && lh ? PyTuple_New(3) : NULL;
+    if (!t) goto fail;
+    for (size_t j = 0; j < m; j++) {
+        PyObject *it = PyList_GET_ITEM(raw, (Py_ssize_t)top[j]);
+        Py_INCREF(it);
+        PyList_SET_ITEM(li, (Py_ssize_t)j, it);
+        PyObject *f = PyFloat_FromDouble((double)sc[j]);
+        if (!f) goto fail;
+        PyList_SET_ITEM(ls, (Py_ssize_t)j, f);
+        PyObject *h = PyLong_FromLong((long)dist[pos[j]]);
+        if (!h) goto fail;
+        PyList_SET_ITEM(lh, (Py_ssize_t)j, h);
+    }
+    PyTuple_SET_ITEM(t, 0, li);
+    PyTuple_SET_ITEM(t, 1, ls);
+    PyTuple_SET_ITEM(t, 2, lh);
+    return t;
+fail: /* lists with unset (NULL) slots are safe to release */
+    Py_XDECREF(t);
+    Py_XDECREF(li);
+    Py_XDECREF(ls);
+    Py_XDECREF(lh);
+    return NULL;
+}
+
+/* recommend_many(codes, nb, user_codes, user_z, dim, users, width, seen_indptr, seen_indices, item_z, k, raw_ids)
+ * -> ([(items, scores, hamming) per user], recall_s, rerank_s): recommend_one for each internal user id in
+ * `users` (int64), its query code and z taken from user_codes [U, nb] / user_z [U, dim] and its exclusions
+ * from the CSR rows seen_indptr [U + 1] / seen_indices (sorted per row; an empty seen_indptr = exclude
+ * nothing). One call, GIL released while computing; the stage times are summed over the users. */
+static PyObject *py_recommend_many(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer codes, ucodes, uz, users, sip, sidx, items;
+    Py_ssize_t nb, dim, width, k;
+    PyObject *raw;
+    if (!PyArg_ParseTuple(args, "y*ny*y*ny*ny*y*y*nO!", &codes, &nb, &ucodes, &uz, &dim, &users, &width, &sip, &sidx,
+                          &items, &k, &PyList_Type, &raw))
+        return NULL;
+    PyObject *result = NULL, *answers = NULL;
+    size_t n = nb > 0 ? (size_t)codes.len / (size_t)nb : 0;
+    size_t nu = nb > 0 ? (size_t)ucodes.len / (size_t)nb : 0;
+    size_t m = (size_t)users.len / sizeof(int64_t);
+    size_t nsi = (size_t)sidx.len / sizeof(int64_t);
+    int use_seen = sip.len > 0;
+    size_t kk = (size_t)(k < width ? k : width);
+    int32_t *dist = NULL;
+    int64_t *idx = NULL, *top = NULL, *pos = NULL;
+    float *sc = NULL;
+    const int64_t *ui = (const int64_t *)users.buf, *ip = (const int64_t *)sip.buf, *ex = (const int64_t *)sidx.buf;
+    if (nb <= 0 || 8 * nb > 65535 || (size_t)codes.len != n * (size_t)nb || (size_t)ucodes.len != nu * (size_t)nb ||
+        n > UINT32_MAX || width < 1 || (size_t)width > n || k < 1 || dim <= 0 ||
+        (size_t)uz.len != nu * (size_t)dim * sizeof(float) || (size_t)items.len != n * (size_t)dim * sizeof(float) ||
+        (size_t)users.len != m * sizeof(int64_t) || (size_t)PyList_GET_SIZE(raw) != n ||
+        (use_seen && ((size_t)sip.len != (nu + 1) * sizeof(int64_t) || (size_t)sidx.len != nsi * sizeof(int64_t)))) {
+        PyErr_SetString(PyExc_ValueError, "recommend_many: inconsistent shapes");
+        goto done;
+    }
+    for (size_t r = 0; r < m; r++) {
+        if (ui[r] < 0 || (size_t)ui[r] >= nu) {
+            PyErr_SetString(PyExc_ValueError, "recommend_many: user id out of range");
+            goto done;
+        }
+        if (use_seen) {
+            int64_t a = ip[ui[r]], b = ip[ui[r] + 1];
+            int bad = a < 0 || b < a || (size_t)b > nsi;
+            for (int64_t j = a + 1; j < b && !bad; j++)
+                if (ex[j] < ex[j - 1]) bad = 1;
+            if (bad) {
+                PyErr_SetString(PyExc_ValueError, "recommend_many: seen rows must be sorted CSR rows");
+                goto done;
+            }
+        }
+    }
+    dist = malloc((m ? m : 1) * (size_t)width * sizeof(int32_t));
+    idx = malloc((m ? m : 1) * (size_t)width * sizeof(int64_t));
+    sc = malloc((m ? m : 1) * kk * sizeof(float));
+    top = malloc((m ? m : 1) * kk * sizeof(int64_t));
+    pos = malloc((m ? m : 1) * kk * sizeof(int64_t));
+    if (!dist || !idx || !sc || !top || !pos) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int rc = 0;
+    double t_recall = 0, t_rerank = 0;
+    Py_BEGIN_ALLOW_THREADS for (size_t r = 0; r < m && rc == 0; r++) {
+        int64_t u = ui[r];
+        int64_t indptr[2] = {0, use_seen ? ip[u + 1] - ip[u] : 0};
+        double t0 = now_s();
+        rc = topk_excluding((const uint8_t *)codes.buf, n, (size_t)nb, (const uint8_t *)ucodes.buf + (size_t)u * (size_t)nb,
+                            1, (size_t)width, indptr, use_seen ? ex + ip[u] : ex, dist + r * (size_t)width,
+                            idx + r * (size_t)width);
+        double t1 = now_s();
+        if (rc == 0)
+            rc = rerank_topk((const float *)items.buf, (size_t)dim, idx + r * (size_t)width,
+                             (const float *)uz.buf + (size_t)u * (size_t)dim, 1, (size_t)width, kk, sc + r * kk,
+                             top + r * kk, pos + r * kk);
+        t_recall += t1 - t0;
+        t_rerank += now_s() - t1;
+    }
+    Py_END_ALLOW_THREADS if (rc == -1) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc) {
+        PyErr_SetString(PyExc_RuntimeError, "hamming recommend_many: internal error");
+        goto done;
+    }
+    answers = PyList_New((Py_ssize_t)m);
+    if (!answers) goto done;
+    for (size_t r = 0; r < m; r++) {
+        size_t v = 0;
+        while (v < kk && top[r * kk + v] >= 0) v++; /* empty slots come last */
+        PyObject *a = answer_tuple(v, top + r * kk, sc + r * kk, pos + r * kk, dist + r * (size_t)width, raw);
+        if (!a) goto done;
+        PyList_SET_ITEM(answers, (Py_ssize_t)r, a);
+    }
+    result = Py_BuildValue("(Odd)", answers, t_recall, t_rerank);
+done:
+    Py_XDECREF(answers);
+    free(dist);
+    free(idx);
+    free(sc);
+    free(top);
+    free(pos);
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&ucodes);
+    PyBuffer_Release(&uz);
+    PyBuffer_Release(&users);
+    PyBuffer_Release(&sip);
+    PyBuffer_Release(&sidx);
+    PyBuffer_Release(&items);
+    return result;
+}
+
 static PyObject *py_kernel(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -968,6 +1106,9 @@ static PyMethodDef methods[] = {
     {"dots", py_dots, METH_VARARGS, "dots(item_z, dim, cand, z, out): re-rank scores, gather + dot fused."},
     {"topk_excluding", py_topk_excluding, METH_VARARGS,
      "topk_excluding(codes, nb, queries, k, indptr, excl, dist_out, idx_out): exact top-k without excluded ids."},
+    {"recommend_many", py_recommend_many, METH_VARARGS,
+     "recommend_many(codes, nb, user_codes, user_z, dim, users, width, seen_indptr, seen_indices, item_z, k, raw):"
+     " recommend_one per internal user id."},
     {"recommend_one", py_recommend_one, METH_VARARGS,
      "recommend_one(codes, nb, q, width, excl, item_z, dim, z, k, raw_ids): both stages for one user, as lists."},
     {"rerank", py_rerank, METH_VARARGS,

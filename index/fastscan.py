@@ -184,6 +184,42 @@ def recommend_one(
     )
 
 
+def recommend_many(
+    codes: np.ndarray,
+    user_codes: np.ndarray,
+    user_z: np.ndarray,
+    users: np.ndarray,
+    width: int,
+    seen_indptr: np.ndarray,
+    seen_indices: np.ndarray,
+    item_z: np.ndarray,
+    k: int,
+    raw_ids: list[Any],
+) -> tuple[list[tuple[list[Any], list[float], list[int]]], float, float]:
+    """:func:`recommend_one` for several internal user ids in one call: ([(items, scores, hamming) per
+    user], recall seconds, rerank seconds), the stage times summed over the users.
+
+    Each user's query code and z are rows of ``user_codes`` / ``user_z``; its exclusions are its row of the
+    CSR ``seen_indptr`` / ``seen_indices`` (sorted per row), or nothing when ``seen_indptr`` is empty.
+    """
+    if _hamming is None:
+        raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
+    return _hamming.recommend_many(
+        np.ascontiguousarray(codes, dtype=np.uint8),
+        codes.shape[1],
+        np.ascontiguousarray(user_codes, dtype=np.uint8),
+        np.ascontiguousarray(user_z, dtype=np.float32),
+        user_z.shape[1],
+        np.ascontiguousarray(users, dtype=np.int64),
+        int(width),
+        np.ascontiguousarray(seen_indptr, dtype=np.int64),
+        np.ascontiguousarray(seen_indices, dtype=np.int64),
+        np.ascontiguousarray(item_z, dtype=np.float32),
+        int(k),
+        raw_ids,
+    )
+
+
 class IVFScan:
     """Search a FAISS ``IndexBinaryIVF`` with the compiled scan instead of FAISS's per-code heap.
 

@@ -131,7 +131,7 @@ class Retriever:
         codes = bundle.item_codes
         self._item_codes = codes if codes.size else pack(bundle.item_z)
         # one user without filters (the serving case) in one compiled call: flat bundles, float32 item_z
-        self._fused = self._fast and self._cdots and self._n_items > 0
+        self._fused = self._fast and self._cdots and self._n_items > 0 and bundle.user_z.dtype == np.float32
         # raw item ids as a Python list of str: the fused call picks the answer's ids from it directly
         self._item_raw: list[str] = [str(x) for x in bundle.items.raw.tolist()] if self._fused else []
         # optional stage timer: observe("recall" | "rerank", seconds) after each stage (the service's
@@ -239,8 +239,10 @@ class Retriever:
         k, candidates = _check_k(k, candidates)
         if isinstance(users, str):
             users = [users]
-        if len(users) == 1 and allow is None and deny is None:
-            return [self._recommend_one(str(users[0]), k, candidates, exclude_seen)]
+        if allow is None and deny is None and (len(users) == 1 or self._fused):
+            if len(users) == 1:
+                return [self._recommend_one(str(users[0]), k, candidates, exclude_seen)]
+            return self._recommend_fused(users, k, candidates, exclude_seen)
         uidx = self.bundle.users.to_internal(list(users))
         out: list[Recommendation | None] = [None] * len(uidx)
         rows = np.flatnonzero(uidx >= 0)
@@ -291,6 +293,37 @@ class Retriever:
         )
         rec.user = str(b.users.raw[ui])
         return rec
+
+    def _recommend_fused(
+        self, users: Sequence[str], k: int, candidates: int, exclude_seen: bool
+    ) -> list[Recommendation | None]:
+        """:meth:`recommend` without filters, all users in one compiled call (flat bundles, float32)."""
+        b = self.bundle
+        uidx = b.users.to_internal(list(users))
+        out: list[Recommendation | None] = [None] * len(uidx)
+        rows = np.flatnonzero(uidx >= 0)
+        if rows.size == 0:
+            return out
+        u = uidx[rows]
+        answers, t_recall, t_rerank = fastscan.recommend_many(
+            self._item_codes,
+            b.user_codes,
+            b.user_z,
+            u,
+            min(max(candidates, k), self._n_items),
+            self._seen_indptr if exclude_seen else _NO_ITEMS,
+            self._seen_indices,
+            b.item_z,
+            k,
+            self._item_raw,
+        )
+        if self.observe is not None:
+            self.observe("recall", t_recall)
+            self.observe("rerank", t_rerank)
+        raw_users = b.users.raw
+        for r, ui, (items, scores, ham) in zip(rows.tolist(), u.tolist(), answers, strict=True):
+            out[r] = Recommendation(user=str(raw_users[ui]), items=items, scores=scores, hamming=ham)
+        return out
 
     def recommend_vectors(
         self,

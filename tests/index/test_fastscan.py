@@ -213,3 +213,52 @@ def test_recommend_one_equals_the_two_stages() -> None:
         fastscan.recommend_one(codes, q, 10, np.array([5, 2]), item_z, z, 3, raw)
     with pytest.raises(ValueError, match="raw_ids"):
         fastscan.recommend_one(codes, q, 10, excl, item_z, z, 3, raw[:-1])
+
+
+def test_recommend_many_equals_recommend_one_per_user() -> None:
+    rng = np.random.default_rng(12)
+    n, n_users, bits = 500, 30, 64
+    codes, user_codes = clustered_codes(n, bits, 9), clustered_codes(n_users, bits, 10)
+    item_z = np.round(rng.standard_normal((n, bits)) * 2).astype(np.float32)
+    user_z = np.round(rng.standard_normal((n_users, bits))).astype(np.float32)
+    seen = [np.unique(rng.integers(0, n, int(rng.integers(0, 40)))) for _ in range(n_users)]
+    seen[4] = np.arange(n - 2)  # two items left
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in seen])]).astype(np.int64)
+    indices = np.concatenate(seen).astype(np.int64)
+    raw = [f"i{i}" for i in range(n)]
+    users = np.array([4, 0, 29, 4, 17], np.int64)
+    for excl in (True, False):
+        got, t_recall, t_rerank = fastscan.recommend_many(
+            codes,
+            user_codes,
+            user_z,
+            users,
+            60,
+            indptr if excl else np.zeros(0, np.int64),
+            indices,
+            item_z,
+            9,
+            raw,
+        )
+        assert t_recall >= 0 and t_rerank >= 0
+        for u, answer in zip(users, got, strict=True):
+            ex = seen[u] if excl else np.zeros(0, np.int64)
+            one = fastscan.recommend_one(codes, user_codes[u], 60, ex, item_z, user_z[u], 9, raw)
+            assert tuple(answer) == one[:3]
+    assert (
+        len(got[0][0]) == 9
+        and len(
+            fastscan.recommend_many(codes, user_codes, user_z, users, 60, indptr, indices, item_z, 9, raw)[0][
+                0
+            ][0]
+        )
+        == 2
+    )
+    bad = indices.copy()
+    bad[indptr[1] : indptr[2]] = bad[indptr[1] : indptr[2]][::-1]
+    with pytest.raises(ValueError, match="sorted"):
+        fastscan.recommend_many(codes, user_codes, user_z, np.array([1]), 10, indptr, bad, item_z, 3, raw)
+    with pytest.raises(ValueError, match="out of range"):
+        fastscan.recommend_many(
+            codes, user_codes, user_z, np.array([n_users]), 10, indptr, indices, item_z, 3, raw
+        )

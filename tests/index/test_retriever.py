@@ -82,6 +82,19 @@ def test_recommend_equals_reference_with_seen_and_deny(data: tuple, k: int, c: i
         assert r.recommend([str(u)], k, c, deny=deny)[0] == recs[u]
 
 
+@pytest.mark.parametrize("k,c", [(1, 1), (10, 40), (30, 5)])
+def test_recommend_batch_without_filters_equals_reference(data: tuple, k: int, c: int, scan: str) -> None:
+    """A batch without allow/deny (one compiled call for all users on flat bundles): each answer equals
+    the reference and the one-user answer; unknown users are None."""
+    uz, iz, seen = data
+    r = Retriever.from_arrays(uz, iz, seen, scan=scan)
+    recs = r.recommend([str(u) for u in range(N_USERS)] + ["nobody"], k, c)
+    assert recs[-1] is None
+    for u in range(N_USERS):
+        check(recs[u], reference(uz[u], iz, set(seen[u].indices), k, c))
+        assert r.recommend([str(u)], k, c)[0] == recs[u]
+
+
 def test_recommend_without_exclusion_and_with_allow(data: tuple, scan: str) -> None:
     uz, iz, seen = data
     r = Retriever.from_arrays(uz, iz, seen, scan=scan)
