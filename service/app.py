@@ -152,6 +152,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.router.routes.append(recommend.fast_get_route(settings))  # first: shadows the documented GET route
     app.include_router(recommend.build_router(settings))
     app.include_router(export.build_router(settings))
     app.include_router(health.router)
