@@ -100,6 +100,7 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
             settings.cache_backend,
             redis_url=settings.redis_url,
             ttl_s=settings.cache_ttl_s,
+            ttl_jitter=settings.cache_ttl_jitter,
             max_entries=settings.cache_size,
             timeout_s=settings.redis_timeout_s,
             pool_size=settings.redis_pool_size,

@@ -8,18 +8,34 @@ Failure policy: a cache is an optimisation, never a dependency. Redis errors and
 answered as a miss. After ``breaker_failures`` consecutive failures the breaker opens: for
 ``breaker_reset_s`` no request touches Redis (``result="skipped"``), so a dead or stalled Redis costs no
 timeout per request; then one trial call decides whether to close it again.
+
+Expiry is spread out: each entry lives a TTL drawn uniformly from ``[ttl * (1 - jitter), ttl]``
+(:func:`jittered_ttls`). With one fixed TTL, answers cached together (a warm-up, a traffic burst, the first
+minutes after a reload) all expire together, and every one of those users misses at once: a 10-minute soak
+at 70% of capacity showed two multi-second latency spikes exactly one TTL apart (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from .metrics import ServiceMetrics
+
+
+def jittered_ttls(
+    ttl_s: float, jitter: float, n: int, rand: Callable[[], float] = random.random
+) -> list[float]:
+    """``n`` TTLs (seconds) drawn uniformly from ``[ttl_s * (1 - jitter), ttl_s]``; ``jitter`` in [0, 1)."""
+    if jitter <= 0:
+        return [ttl_s] * n
+    return [ttl_s * (1.0 - jitter * rand()) for _ in range(n)]
+
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +111,11 @@ class LruCache:
         ttl_s: float,
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ttl_jitter: float = 0.0,
     ) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
+        self.ttl_jitter = ttl_jitter
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._metrics = metrics
         self._clock = clock
@@ -126,9 +144,10 @@ class LruCache:
 
     async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Insert or refresh; evicts least recently used entries beyond ``max_entries``."""
-        expires = self._clock() + self.ttl_s
-        for key, value in items:
-            self._data[key] = (expires, value)
+        now = self._clock()
+        ttls = jittered_ttls(self.ttl_s, self.ttl_jitter, len(items))
+        for (key, value), ttl in zip(items, ttls, strict=True):
+            self._data[key] = (now + ttl, value)
             self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
@@ -226,12 +245,15 @@ class RedisCache:
         pool_size: int,
         breaker: CircuitBreaker,
         metrics: ServiceMetrics | None = None,
+        ttl_jitter: float = 0.0,
     ) -> None:
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         self.url = url
+        self.ttl_s = ttl_s
+        self.ttl_jitter = ttl_jitter
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.timeout_s = timeout_s
         self.breaker = breaker
@@ -345,8 +367,9 @@ class RedisCache:
             return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for key, value in items:
-                pipe.set(key, value, px=self.ttl_ms)
+            ttls = jittered_ttls(self.ttl_s, self.ttl_jitter, len(items))
+            for (key, value), ttl in zip(items, ttls, strict=True):
+                pipe.set(key, value, px=max(1, int(ttl * 1000)))
             await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s * 2)
         except asyncio.CancelledError:
             self.breaker.release()
@@ -449,19 +472,20 @@ def make_cache(
     breaker_reset_s: float,
     near_entries: int = 0,
     metrics: ServiceMetrics | None = None,
+    ttl_jitter: float = 0.0,
 ) -> AnswerCache:
     """Build the configured cache (``redis``, ``memory`` or ``none``); ``near_entries`` > 0 puts an
-    in-process LRU of that size in front of Redis."""
+    in-process LRU of that size in front of Redis; ``ttl_jitter``: see :func:`jittered_ttls`."""
     if backend == "redis":
         if not redis_url:
             raise ValueError("redis cache needs a redis_url")
         breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
-        far = RedisCache(redis_url, ttl_s, timeout_s, pool_size, breaker, metrics)
+        far = RedisCache(redis_url, ttl_s, timeout_s, pool_size, breaker, metrics, ttl_jitter=ttl_jitter)
         if near_entries > 0:
-            return TieredCache(LruCache(near_entries, ttl_s, metrics), far)
+            return TieredCache(LruCache(near_entries, ttl_s, metrics, ttl_jitter=ttl_jitter), far)
         return far
     if backend == "memory":
-        return LruCache(max_entries, ttl_s, metrics)
+        return LruCache(max_entries, ttl_s, metrics, ttl_jitter=ttl_jitter)
     if backend == "none":
         return NullCache()
     raise ValueError(f"unknown cache backend {backend!r}")

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = None
     cache_ttl_s: float = Field(default=300.0, gt=0)
+    cache_ttl_jitter: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="each cached answer lives a TTL drawn from [ttl * (1 - jitter), ttl], so answers cached "
+        "together do not all expire together",
+    )
     cache_size: int = Field(default=100_000, ge=1, description="entries in the in-process LRU")
     near_cache_size: int = Field(
         default=10_000,

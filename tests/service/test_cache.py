@@ -56,6 +56,46 @@ def test_lru_ttl_and_eviction() -> None:
     )
 
 
+def test_lru_jittered_ttl_spreads_expiry() -> None:
+    """Entries cached together expire over [ttl * (1 - jitter), ttl], not all at once (no miss stampede)."""
+    clock = FakeClock()
+    c = LruCache(max_entries=1000, ttl_s=100, clock=clock, ttl_jitter=0.2)
+    keys = [f"k{i}" for i in range(200)]
+
+    async def alive() -> int:
+        return sum(v is not None for v in await c.get_many(keys))
+
+    async def run() -> None:
+        await c.set_many([(k, b"v") for k in keys])
+        clock.t += 79.9  # before the shortest possible TTL: all there
+        assert await alive() == 200
+        clock.t += 10.1  # t = 90, the middle of [80, 100]: about half expired (binomial, 200 draws)
+        assert 60 <= await alive() <= 140
+        clock.t += 10.1  # past the longest TTL: none left
+        assert await alive() == 0
+
+    asyncio.run(run())
+
+
+def test_redis_ttls_are_jittered(redis_server) -> None:  # type: ignore[no-untyped-def]
+    async def run() -> None:
+        cache = RedisCache(
+            redis_server.url,
+            ttl_s=100,
+            timeout_s=1.0,
+            pool_size=2,
+            breaker=CircuitBreaker(3, 60),
+            ttl_jitter=0.2,
+        )
+        await cache.set_many([(f"j{i}", b"v") for i in range(50)])
+        await cache.close()
+
+    asyncio.run(run())
+    ttls = [int(redis_server.command("PTTL", f"j{i}") or 0) for i in range(50)]
+    assert all(79_000 <= t <= 100_000 for t in ttls), ttls
+    assert max(ttls) - min(ttls) > 5_000  # spread, not one value
+
+
 def test_breaker_opens_half_opens_and_closes() -> None:
     clock = FakeClock()
     b = CircuitBreaker(failures=3, reset_s=5, clock=clock)

@@ -34,6 +34,7 @@ def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         ("cache", "redis", "redis_url"),
         ("unknown_user", "maybe", "unknown_user"),
         ("cache_ttl_s", -1, "cache_ttl_s"),
+        ("cache_ttl_jitter", 1.0, "cache_ttl_jitter"),
     ],
 )
 def test_bad_values_name_the_field(
