@@ -106,4 +106,4 @@ def test_continuous_softmax_trains_z_even_on_pure_codes(synth_dataset, tmp_path)
     zp, zs = zi[:32], zi[32:]
     logits = torch.cat([(zu * zp).sum(-1, keepdim=True), zu @ zs.T], dim=1) / (16 * cfg.cont_tau)
     expected = torch.nn.functional.cross_entropy(logits, torch.zeros(32, dtype=torch.long))
-    assert abs(float(out["cont"]) - float(expected)) < 1e-4
+    assert abs(float(out["cont"].detach()) - float(expected.detach())) < 1e-4
