@@ -39,23 +39,32 @@ def kernel() -> str:
     return str(_hamming.kernel()) if _hamming is not None else "unavailable"
 
 
-def topk(codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Hamming top-``k`` of each query among ``codes``: (dist int32 [nq, k], idx int64 [nq, k]).
-
-    ``codes`` uint8 [n, nb] (may be memory-mapped), ``queries`` uint8 [nq, nb]; ``k`` is clipped to n.
-    Rows are sorted by (distance, item id), identical to FAISS ``IndexBinaryFlat`` with id tie-breaking.
-    """
+def _scan_setup(
+    codes: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Checked contiguous ``codes`` and ``queries``, ``k`` clipped to n, and empty outputs (dist, idx)."""
     if _hamming is None:
         raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     queries = np.ascontiguousarray(queries, dtype=np.uint8)
     if codes.ndim != 2 or queries.ndim != 2 or codes.shape[1] != queries.shape[1]:
         raise ValueError(f"codes {codes.shape} and queries {queries.shape} must be 2-d with equal widths")
-    n, nb = codes.shape
+    n = codes.shape[0]
     nq = queries.shape[0]
     k = min(int(k), n)
     dist = np.empty((nq, max(k, 0)), np.int32)
     idx = np.empty((nq, max(k, 0)), np.int64)
+    return codes, queries, k, dist, idx
+
+
+def topk(codes: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Hamming top-``k`` of each query among ``codes``: (dist int32 [nq, k], idx int64 [nq, k]).
+
+    ``codes`` uint8 [n, nb] (may be memory-mapped), ``queries`` uint8 [nq, nb]; ``k`` is clipped to n.
+    Rows are sorted by (distance, item id), identical to FAISS ``IndexBinaryFlat`` with id tie-breaking.
+    """
+    codes, queries, k, dist, idx = _scan_setup(codes, queries, k)
+    nq, nb = queries.shape
     if nq == 0 or k <= 0:
         return dist, idx
     if nq <= _CHUNK:  # one call straight into the outputs (the common serving case: no copies)
@@ -96,19 +105,10 @@ def topk_excluding(
     hold idx -1 and distance ``8 * nb + 1``. ``k`` is clipped to n. Raises ValueError when an exclusion
     row is not sorted.
     """
-    if _hamming is None:
-        raise RuntimeError("hashrec.index._hamming is not built (reinstall with a C compiler)")
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    queries = np.ascontiguousarray(queries, dtype=np.uint8)
-    if codes.ndim != 2 or queries.ndim != 2 or codes.shape[1] != queries.shape[1]:
-        raise ValueError(f"codes {codes.shape} and queries {queries.shape} must be 2-d with equal widths")
     if len(exclude) != len(queries):
         raise ValueError(f"exclude has {len(exclude)} rows, queries {len(queries)}")
-    n, nb = codes.shape
-    nq = queries.shape[0]
-    k = min(int(k), n)
-    dist = np.empty((nq, max(k, 0)), np.int32)
-    idx = np.empty((nq, max(k, 0)), np.int64)
+    codes, queries, k, dist, idx = _scan_setup(codes, queries, k)
+    nq, nb = queries.shape
     if nq == 0 or k <= 0:
         return dist, idx
     if nq == 1:  # the serving case: the user's row as it is, no concatenation
