@@ -2,8 +2,9 @@
 
 Both expose the same interface to :class:`hashrec.model.hashgnn.HashGNN`:
 
-- ``forward(users, items, rng)`` -> (h_users [len(users), out_dim], h_items [len(items), out_dim]) for the
-  nodes of one batch (training: GraphSAGE samples neighbours with ``rng``);
+- ``forward(users, items, gen)`` -> (h_users [len(users), out_dim], h_items [len(items), out_dim]) for the
+  nodes of one batch (training: GraphSAGE samples neighbours with the torch generator ``gen``, on the
+  model's device);
 - ``full()`` -> (all users, all items), deterministic (inference: GraphSAGE averages *all* neighbours);
 - ``id_embeddings(users, items)`` -> the raw ID embeddings of the batch (for the optional L2 penalty);
 - ``out_dim``.
@@ -37,20 +38,37 @@ log = logging.getLogger(__name__)
 
 
 def sample_neighbours(
-    indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray, fanout: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    nodes: torch.Tensor,
+    fanout: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``fanout`` neighbours (uniform, with replacement) of each node from a CSR adjacency.
 
-    Returns (neighbours int64 [len(nodes), fanout], valid bool [len(nodes), fanout]); nodes without any
-    neighbour get neighbour 0 with ``valid = False`` (the caller masks them out of the mean).
+    All tensors live on one device (the generator's); the draws never leave it, so a GPU step samples its
+    trees without a host round trip. Returns (neighbours int64 [len(nodes), fanout], valid bool
+    [len(nodes), fanout]); nodes without any neighbour get neighbour 0 with ``valid = False`` (the caller
+    masks them out of the mean).
     """
     start = indptr[nodes]
     deg = indptr[nodes + 1] - start
-    offs = np.floor(rng.random((len(nodes), fanout)) * deg[:, None]).astype(np.int64)
-    pos = start[:, None] + offs
-    valid = np.broadcast_to(deg[:, None] > 0, pos.shape)
-    nb = np.where(valid, indices[np.minimum(pos, max(len(indices) - 1, 0))], 0) if len(indices) else pos * 0
-    return nb.astype(np.int64), np.ascontiguousarray(valid)
+    draw = torch.rand((len(nodes), fanout), generator=generator, device=nodes.device, dtype=torch.float64)
+    # float64 draws times degrees below 2**52 floor to 0..deg-1; the clamp only guards deg = 0.
+    offs = torch.minimum((draw * deg[:, None]).long(), (deg - 1).clamp_min(0)[:, None])
+    valid = (deg > 0)[:, None].expand(-1, fanout).contiguous()
+    if len(indices) == 0:
+        return torch.zeros_like(offs), valid
+    # A node without neighbours may start at len(indices): clamp the gather, the mask drops the value.
+    pos = (start[:, None] + offs).clamp_max_(len(indices) - 1)
+    return torch.where(valid, indices[pos], 0), valid
+
+
+def _ids(ids: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Node ids as an int64 tensor on ``device`` (numpy arrays are copied once)."""
+    if isinstance(ids, torch.Tensor):
+        return ids.to(device=device, dtype=torch.int64)
+    return torch.from_numpy(np.asarray(ids, np.int64)).to(device)
 
 
 def _masked_mean(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -115,6 +133,11 @@ class SageEncoder(nn.Module):
         self.act = nn.LeakyReLU(0.2)
         self.out_dim = dense_dim
         self._full_mats: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The CSR adjacency of both sides as buffers, so that sampling runs on the model's device. Not
+        # persistent: rebuilt from the graph, never stored in checkpoints.
+        for name, m in (("ui", graph.user_items), ("iu", graph.item_users)):
+            self.register_buffer(f"{name}_indptr", torch.from_numpy(m.indptr.astype(np.int64)), False)
+            self.register_buffer(f"{name}_indices", torch.from_numpy(m.indices.astype(np.int64)), False)
 
     # side 0 = users (neighbours are items), side 1 = items (neighbours are users)
     def _x(self, side: int, ids: torch.Tensor) -> torch.Tensor:
@@ -125,59 +148,58 @@ class SageEncoder(nn.Module):
     def _layer(self, side: int, hop: int) -> nn.Module:
         return (self.user_layers if side == 0 else self.item_layers)[hop]
 
-    def _csr(self, side: int) -> tuple[np.ndarray, np.ndarray]:
-        m = self.graph.user_items if side == 0 else self.graph.item_users
-        return m.indptr.astype(np.int64), m.indices.astype(np.int64)
+    def _csr(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indptr, indices) of the CSR adjacency of ``side`` (buffers on the model's device)."""
+        name = "ui" if side == 0 else "iu"
+        return self.get_buffer(f"{name}_indptr"), self.get_buffer(f"{name}_indices")
 
     def _encode(
-        self, side: int, nodes: np.ndarray, fanouts: tuple[int, ...], rng: np.random.Generator
+        self, side: int, nodes: torch.Tensor, fanouts: tuple[int, ...], gen: torch.Generator | None
     ) -> torch.Tensor:
         """Vectors after ``len(fanouts)`` hops for ``nodes`` of ``side`` (sampling the tree level by level)."""
-        dev = self.user_emb.weight.device
         # Sample the computation tree: level 0 = nodes, level l+1 = fanouts[l] neighbours of each level-l node.
         levels = [nodes]
-        valids: list[np.ndarray] = []
+        valids: list[torch.Tensor] = []
         for depth, fan in enumerate(fanouts):
-            s = (side + depth) % 2
-            indptr, indices = self._csr(s)
-            nb, ok = sample_neighbours(indptr, indices, levels[-1].ravel(), fan, rng)
+            indptr, indices = self._csr((side + depth) % 2)
+            nb, ok = sample_neighbours(indptr, indices, levels[-1], fan, gen)
             levels.append(nb.reshape(-1))
             valids.append(ok)
         # Bottom-up: h[l] holds vectors of level-l nodes after (L - l) hops. The 0-hop vectors are computed
         # once per distinct node of each side and gathered: a batch's trees repeat nodes (on Gowalla a paper
         # batch has ~24k distinct nodes among ~47k), which halves the dense layer's work and gives the ID
         # tables' sparse gradients unique rows.
-        hs: list[torch.Tensor] = [torch.empty(0)] * len(levels)
+        hs: list[torch.Tensor] = [nodes] * len(levels)
         for s in (0, 1):
             ds = [d for d in range(len(levels)) if (side + d) % 2 == s]
             if not ds:
                 continue
-            uniq, inv = np.unique(np.concatenate([levels[d] for d in ds]), return_inverse=True)
-            x = self._x(s, torch.from_numpy(uniq).to(dev))
-            inv_t = torch.from_numpy(inv.reshape(-1)).to(dev)
-            start = 0
-            for d in ds:
-                hs[d] = x[inv_t[start : start + len(levels[d])]]
-                start += len(levels[d])
+            uniq, inv = torch.unique(torch.cat([levels[d] for d in ds]), return_inverse=True)
+            x = self._x(s, uniq)
+            for d, part in zip(ds, inv.split([len(levels[d]) for d in ds]), strict=True):
+                hs[d] = x[part]
         n_hops = len(fanouts)
         for hop in range(n_hops):
             new = []
             for d in range(n_hops - hop):
                 s = (side + d) % 2
-                fan = fanouts[d]
-                child = hs[d + 1].view(-1, fan, hs[d + 1].shape[-1])
-                agg = _masked_mean(child, torch.from_numpy(valids[d]).to(dev))
+                child = hs[d + 1].view(-1, fanouts[d], hs[d + 1].shape[-1])
+                agg = _masked_mean(child, valids[d])
                 new.append(self.act(self._layer(s, hop)(torch.cat([hs[d], agg], dim=1))))
             hs = new
         return hs[0]
 
     def forward(
-        self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator
+        self, users: np.ndarray, items: np.ndarray, gen: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampled vectors of a batch's users and items (see the module docstring)."""
+        """Sampled vectors of a batch's users and items (see the module docstring).
+
+        ``gen`` draws the neighbour samples; it must live on the encoder's device (None: torch's default).
+        """
+        dev = self.user_emb.weight.device
         return (
-            self._encode(0, np.asarray(users, np.int64), self.user_fanouts, rng),
-            self._encode(1, np.asarray(items, np.int64), self.item_fanouts, rng),
+            self._encode(0, _ids(users, dev), self.user_fanouts, gen),
+            self._encode(1, _ids(items, dev), self.item_fanouts, gen),
         )
 
     def id_embeddings(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,15 +330,13 @@ class LightGCNEncoder(nn.Module):
         return out[: self.n_users], out[self.n_users :]
 
     def forward(
-        self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator
+        self, users: np.ndarray, items: np.ndarray, gen: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Propagated vectors of a batch's users and items (one full propagation per call)."""
-        del rng  # deterministic encoder
+        del gen  # deterministic encoder
         dev = self.user_emb.weight.device
         u, i = self.propagate()
-        return u[torch.from_numpy(np.asarray(users, np.int64)).to(dev)], i[
-            torch.from_numpy(np.asarray(items, np.int64)).to(dev)
-        ]
+        return u[_ids(users, dev)], i[_ids(items, dev)]
 
     def id_embeddings(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ID embeddings (for the L2 penalty)."""

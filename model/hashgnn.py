@@ -69,10 +69,13 @@ class HashGNN(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------------
     def embed(
-        self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator
+        self, users: np.ndarray, items: np.ndarray, sample_gen: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z of a batch: (users [len(users), K], items [len(items), K]) in (-1, 1), differentiable."""
-        hu, hi = self.encoder(users, items, rng)
+        """z of a batch: (users [len(users), K], items [len(items), K]) in (-1, 1), differentiable.
+
+        ``sample_gen``: the torch generator of GraphSAGE's neighbour sampling, on the model's device.
+        """
+        hu, hi = self.encoder(users, items, sample_gen)
         return self.user_hash(hu), self.item_hash(hi)
 
     @torch.no_grad()
@@ -97,7 +100,7 @@ class HashGNN(nn.Module):
         neg: np.ndarray,
         shared: np.ndarray,
         code_prob: float,
-        rng: np.random.Generator,
+        sample_gen: torch.Generator | None,
         gen: torch.Generator,
     ) -> dict[str, torch.Tensor]:
         """Weighted losses of one batch: ``{"loss": total, "rec": ..., "rank": ..., "softmax": ..., "l2": ...}``.
@@ -106,13 +109,14 @@ class HashGNN(nn.Module):
             users, pos: [B] the batch's observed edges; neg: [B, M] sampled negatives of each example;
             shared: [S] items shared by the batch as extra softmax negatives (may be empty).
             code_prob: probability of using the binary code (0 in continuous mode).
-            rng: numpy RNG (GraphSAGE neighbour sampling); gen: torch RNG (guidance draws).
+            sample_gen: torch RNG on the model's device (GraphSAGE neighbour sampling);
+            gen: CPU torch RNG (guidance draws).
         """
         cfg = self.cfg
         b, m = neg.shape
         items = np.concatenate([pos, neg.ravel(), shared])
         uniq, inv = np.unique(items, return_inverse=True)
-        zu, zi_u = self.embed(users, uniq, rng)
+        zu, zi_u = self.embed(users, uniq, sample_gen)
         dev = zu.device
         zi = zi_u[torch.from_numpy(inv).to(dev)]
         zp, zn, zs = zi[:b], zi[b : b + b * m].view(b, m, -1), zi[b + b * m :]

@@ -8,9 +8,10 @@ Run it::
 
 What it guarantees:
 
-- seeded and deterministic on CPU (numpy Generator for batches, negatives and neighbour sampling; a torch
-  Generator for the guidance draws; both checkpointed), for a fixed thread count;
-- a checkpoint (``last.pt``: model, optimizer, both RNG states, epoch, counters, elapsed time, best result)
+- seeded and deterministic on CPU (numpy Generator for batches and negatives; a torch Generator for the
+  guidance draws; a torch Generator on the model's device for GraphSAGE's neighbour sampling; all
+  checkpointed), for a fixed thread count;
+- a checkpoint (``last.pt``: model, optimizer, the RNG states, epoch, counters, elapsed time, best result)
   after every epoch, written atomically; ``resume=True`` continues from it, so a run killed at any moment
   loses at most the epoch in progress, and without a time budget it continues exactly as if never killed;
 - a checkpoint whose config or dataset fingerprint differs from the run's is refused; an existing run
@@ -40,6 +41,7 @@ from hashrec.model.config import TrainConfig
 from hashrec.model.data import Dataset, load_dataset
 from hashrec.model.hashgnn import HashGNN
 from hashrec.model.hashing import code_probability
+from hashrec.model.optim import RowAdam
 from hashrec.model.run import RunError
 from hashrec.model.sampling import NegativeSampler, edge_batches
 from hashrec.model.validation import evaluate_modes, sample_users
@@ -120,10 +122,10 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
-    """Adam for dense parameters, SparseAdam for embeddings with sparse gradients (GraphSAGE's ID tables).
+    """Adam for dense parameters, RowAdam for embeddings with sparse gradients (GraphSAGE's ID tables).
 
-    SparseAdam updates only the rows a batch touched ("lazy" Adam); with dense tables (LightGCN propagates
-    every embedding each step) it is plain Adam.
+    RowAdam (:mod:`hashrec.model.optim`, SparseAdam's maths) updates only the rows a batch touched ("lazy"
+    Adam); with dense tables (LightGCN propagates every embedding each step) it is plain Adam.
     """
     sparse = [
         m.weight
@@ -134,7 +136,7 @@ def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optim
     dense = [p for p in model.parameters() if id(p) not in ids]
     opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr)]
     if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+        opts.append(RowAdam(sparse, lr=lr))
     return opts
 
 
@@ -149,6 +151,8 @@ class Trainer:
         self.opts = make_optimizers(self.model, cfg.lr)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        # GraphSAGE's neighbour sampling draws on the model's device (no host round trip on a GPU).
+        self.sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.sampler = NegativeSampler(self.graph)
         self.edges = self.graph.edges()
         self.steps_per_epoch = math.ceil(self.graph.n_edges / cfg.batch_size)
@@ -172,6 +176,7 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.opts],
             "numpy_rng": _rng_state(self.rng),
             "torch_rng": self.gen.get_state(),
+            "sample_rng": self.sample_gen.get_state(),
             "epoch": self.epoch,
             "elapsed": elapsed,
             "best": self.best,
@@ -194,7 +199,12 @@ class Trainer:
         for o, sd in zip(self.opts, st["optimizers"], strict=True):
             o.load_state_dict(sd)
         self.rng.bit_generator.state = st["numpy_rng"]
-        self.gen.set_state(st["torch_rng"])
+        # RNG states are CPU byte tensors whatever map_location moved them to.
+        self.gen.set_state(st["torch_rng"].cpu())
+        if "sample_rng" in st:
+            self.sample_gen.set_state(st["sample_rng"].cpu())
+        else:  # a checkpoint from before device-side sampling: same config, a fresh sampling stream
+            log.warning("%s: no neighbour-sampling RNG state; resuming with a freshly seeded one", path)
         self.epoch, self.elapsed = int(st["epoch"]), float(st["elapsed"])
         self.best, self.best_epoch, self.bad = float(st["best"]), int(st["best_epoch"]), int(st["bad"])
         self.stopped = str(st.get("stopped", ""))
@@ -245,7 +255,8 @@ class Trainer:
         users_all, items_all = self.edges
         while self.epoch < cfg.epochs and not self.stopped:
             ep_t0 = time.perf_counter()
-            sums: dict[str, float] = {}
+            # Summed as tensors: reading a loss value waits for the device, so it is done every few steps.
+            sums: dict[str, torch.Tensor] = {}
             n_batches = 0
             prob = 0.0
             out_of_time = False
@@ -273,21 +284,21 @@ class Trainer:
                     if (cfg.softmax_weight > 0 or cfg.cont_weight > 0) and cfg.shared_negatives
                     else np.empty(0, np.int64)
                 )
-                losses = self.model.loss(u, p, neg, shared, prob, self.rng, self.gen)
+                losses = self.model.loss(u, p, neg, shared, prob, self.sample_gen, self.gen)
                 for o in self.opts:
                     o.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 for o in self.opts:
                     o.step()
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    sums[k] = sums[k] + v.detach() if k in sums else v.detach()
                 n_batches += 1
                 bar.update(1)
                 if bi % 5 == 0:
                     rate = (bi + 1) * cfg.batch_size / max(time.perf_counter() - ep_t0, 1e-9)
                     bar.set_postfix(
                         epoch=self.epoch + 1,
-                        loss=f"{sums['loss'] / n_batches:.4f}",
+                        loss=f"{float(sums['loss']) / n_batches:.4f}",
                         edges_s=f"{rate:,.0f}",
                         p=f"{prob:.2f}",
                     )
@@ -310,7 +321,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "partial_epoch": partial,
                 "steps": n_batches,
-                "losses": {k: v / n_batches for k, v in sums.items()},
+                "losses": {k: float(v) / n_batches for k, v in sums.items()},
                 "code_prob": prob,
                 "valid": valid or None,
                 "best_epoch": self.best_epoch,

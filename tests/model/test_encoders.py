@@ -36,7 +36,15 @@ def test_sampled_neighbours_are_real_neighbours(seed: int) -> None:
     g = random_graph(30, 20, 0.2, seed)
     r = g.user_items
     nodes = np.arange(30)
-    nb, ok = sample_neighbours(r.indptr, r.indices, nodes, 7, np.random.default_rng(seed))
+    gen = torch.Generator().manual_seed(seed)
+    nb_t, ok_t = sample_neighbours(
+        torch.from_numpy(r.indptr.astype(np.int64)),
+        torch.from_numpy(r.indices.astype(np.int64)),
+        torch.from_numpy(nodes),
+        7,
+        gen,
+    )
+    nb, ok = nb_t.numpy(), ok_t.numpy()
     assert nb.shape == ok.shape == (30, 7)
     dense = r.toarray() > 0
     assert bool(dense[np.repeat(nodes, 7)[ok.ravel()], nb.ravel()[ok.ravel()]].all())
@@ -44,11 +52,28 @@ def test_sampled_neighbours_are_real_neighbours(seed: int) -> None:
     assert bool(ok[np.diff(r.indptr) > 0].all())
 
 
+def test_sampling_is_uniform_over_a_nodes_neighbours() -> None:
+    # One user with 3 items: 30,000 draws must hit each about a third of the time (offsets never reach deg).
+    g = BipartiteGraph.from_edges(np.zeros(3, np.int64), np.array([2, 5, 7]), 1, 9)
+    r = g.user_items
+    nb, ok = sample_neighbours(
+        torch.from_numpy(r.indptr.astype(np.int64)),
+        torch.from_numpy(r.indices.astype(np.int64)),
+        torch.zeros(1, dtype=torch.int64),
+        30_000,
+        torch.Generator().manual_seed(0),
+    )
+    assert bool(ok.all())
+    counts = np.bincount(nb.numpy().ravel(), minlength=9)
+    assert set(np.flatnonzero(counts)) == {2, 5, 7}
+    assert np.abs(counts[[2, 5, 7]] / 30_000 - 1 / 3).max() < 0.02
+
+
 def test_sage_shapes_and_deterministic_inference() -> None:
     g = random_graph(25, 15, 0.3, 0)
     torch.manual_seed(0)
     enc = SageEncoder(g, emb_dim=12, dense_dim=8, user_fanouts=(4, 3), item_fanouts=(5,))
-    hu, hi = enc(np.array([0, 3, 3, 24]), np.array([1, 14]), np.random.default_rng(0))
+    hu, hi = enc(np.array([0, 3, 3, 24]), np.array([1, 14]), torch.Generator().manual_seed(0))
     assert hu.shape == (4, 8) and hi.shape == (2, 8)
     assert torch.isfinite(hu).all() and torch.isfinite(hi).all()
     (hu.sum() + hi.sum()).backward()
@@ -66,7 +91,7 @@ def test_sage_with_full_fanout_equals_full_mean() -> None:
     g = BipartiteGraph.from_edges(u, i, 6, 6)
     torch.manual_seed(0)
     enc = SageEncoder(g, emb_dim=5, dense_dim=4, user_fanouts=(3, 2), item_fanouts=(3,))
-    hu, hi = enc(u, i, np.random.default_rng(1))
+    hu, hi = enc(u, i, torch.Generator().manual_seed(1))
     fu, fi = enc.full()
     assert torch.allclose(hu, fu, atol=1e-6) and torch.allclose(hi, fi, atol=1e-6)
 
