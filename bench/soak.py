@@ -3,13 +3,17 @@ checked; reports errors, p99 per minute and the server's resident memory over ti
 
     hashrec bench soak --minutes 10        # the acceptance run: ~11 min, needs a quiet machine
     hashrec bench soak --minutes 0.5       # a quick look
+    HASHREC_CACHE_TTL_S=60 hashrec bench soak --minutes 3 --rate 2000 --out /tmp/soak-a
+                                           # expiry waves every minute, at a fixed load, docs untouched
 
 Steps: build a bundle of random embeddings (Gowalla-sized by default: 29,858 users x 40,981 items, 64 bits;
 the work per request depends on the sizes, not on the embeddings' quality) or use ``--bundles``; start
 ``hashrec serve`` (Redis cache when ``redis-server`` is installed, else the in-process cache); warm up;
 measure capacity with a closed loop (32 connections, same request mix); then an open loop at
-``--load`` x capacity for ``--minutes``, sampling every 5 s the server's RSS, its own latency histogram of
-``GET /recommend`` (``/metrics``) and the machine's CPU time split (``/proc/stat``: busy, iowait, steal).
+``--load`` x capacity (or ``--rate``) for ``--minutes``, sampling every 5 s the server's RSS, from its
+``/metrics`` its own latency histogram of ``GET /recommend``, its garbage-collector pauses and event loop
+lag, and the machine's CPU time split (``/proc/stat``: busy, iowait, steal). The server inherits the
+environment, so ``HASHREC_*`` variables (a short ``HASHREC_CACHE_TTL_S``) apply to it.
 
 The client measures latency from each request's *scheduled* send time, so a stall anywhere (server,
 client, kernel, hypervisor) shows as latency. The per-window server-side figures tell them apart: when the
@@ -47,8 +51,13 @@ def run_soak(
     redis: bool = True,
     bundles: Path | None = None,
     workdir: Path | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Run the soak and return its result (see the module docstring); never raises on a failed criterion."""
+    """Run the soak and return its result (see the module docstring); never raises on a failed criterion.
+
+    ``rate``: offered load in requests/s instead of ``load`` x the measured capacity (capacity is still
+    measured and reported), so that runs on a machine whose spare capacity varies compare at equal load.
+    """
     from tqdm import tqdm
 
     from .loadgen import LoadSpec, recommend_targets, start_load, window_stats
@@ -85,19 +94,22 @@ def run_soak(
         ).result()
         cap_stats = window_stats(cap_res, cap_res.t0, cap_res.t0 + capacity_s)
         capacity = (cap_stats["requests"] - cap_stats["failures"]) / capacity_s
-        rate = load * capacity
+        if rate is None:
+            rate = load * capacity
+        else:
+            load = rate / capacity if capacity else 0.0
         duration = minutes * 60.0
         log.info("capacity %.0f answers/s; soak at %.0f req/s for %.1f min", capacity, rate, minutes)
 
         rss: list[tuple[float, int]] = []
-        probes: list[tuple[float, dict[str, int], dict[float, float] | None]] = []
+        probes: list[tuple[float, dict[str, int], dict[str, Any] | None]] = []
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
                 now = time.time()
                 rss.append((now, srv.rss()))
-                probes.append((now, machine_cpu(), server_latency_buckets(srv.port)))
+                probes.append((now, machine_cpu(), server_probe(srv.port)))
                 stop.wait(5.0)
 
         t0 = time.time() + 2.0
@@ -188,9 +200,11 @@ def machine_cpu() -> dict[str, int]:
     return {k: int(v) for k, v in zip(_CPU_FIELDS, parts[1:], strict=False)}
 
 
-def server_latency_buckets(port: int) -> dict[float, float] | None:
-    """Cumulative counts of the server's ``GET /recommend/{user_id}`` latency histogram by upper bound
-    (seconds; all statuses summed), scraped from ``/metrics``; None when the scrape fails."""
+def server_probe(port: int) -> dict[str, Any] | None:
+    """One scrape of the server's ``/metrics``: ``latency`` (cumulative ``GET /recommend/{user_id}``
+    buckets by upper bound, statuses summed), ``loop_lag`` (cumulative event loop lag buckets),
+    ``gc_count`` / ``gc_sum`` (collections and seconds in them, by generation); None when the scrape fails.
+    """
     import urllib.request
 
     try:
@@ -198,30 +212,46 @@ def server_latency_buckets(port: int) -> dict[float, float] | None:
             text = resp.read().decode()
     except OSError:
         return None
-    out: dict[float, float] = {}
+    latency: dict[float, float] = {}
+    lag: dict[float, float] = {}
+    gc_count: dict[str, float] = {}
+    gc_sum: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("hashrec_http_request_duration_seconds_bucket{") and _RECOMMEND_ROUTE in line:
+            _add_bucket(latency, line)
+        elif line.startswith("hashrec_event_loop_lag_seconds_bucket{"):
+            _add_bucket(lag, line)
+        elif line.startswith(("hashrec_gc_pause_seconds_count{", "hashrec_gc_pause_seconds_sum{")):
             labels, value = line.rsplit(" ", 1)
-            le = labels.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(value)
-    return out
+            gen = labels.split('generation="', 1)[1].split('"', 1)[0]
+            target = gc_count if "_count{" in labels else gc_sum
+            target[gen] = float(value)
+    return {"latency": latency, "loop_lag": lag, "gc_count": gc_count, "gc_sum": gc_sum}
+
+
+def _add_bucket(out: dict[float, float], line: str) -> None:
+    labels, value = line.rsplit(" ", 1)
+    le = labels.split('le="', 1)[1].split('"', 1)[0]
+    bound = float("inf") if le == "+Inf" else float(le)
+    out[bound] = out.get(bound, 0.0) + float(value)
 
 
 def probe_window(
-    probes: list[tuple[float, dict[str, int], dict[float, float] | None]], t_from: float, t_to: float
+    probes: list[tuple[float, dict[str, int], dict[str, Any] | None]], t_from: float, t_to: float
 ) -> dict[str, Any]:
     """Server-side and machine figures between the probes nearest ``t_from`` and ``t_to``.
 
     ``server_p99_le_ms``: the histogram bucket bound under which 99% of the window's answers were (an upper
     bound of the server's own p99); ``server_over_250ms``: answers the server itself took over 250 ms for;
-    ``cpu_*_pct``: shares of the machine's CPU time (all cores) that were busy, waiting on I/O, or stolen by
-    the hypervisor. Empty when fewer than two probes fall in range.
+    ``gc2_collections`` / ``gc_ms``: generation-2 collections and milliseconds spent in collections of any
+    generation; ``loop_lag_over_50ms``: event loop ticks that woke more than 50 ms late; ``cpu_*_pct``:
+    shares of the machine's CPU time (all cores) that were busy, waiting on I/O, or stolen by the
+    hypervisor. Empty when fewer than two probes fall in range.
     """
     inside = [p for p in probes if t_from - 2.5 <= p[0] <= t_to + 2.5]
     if len(inside) < 2:
         return {}
-    (_, cpu0, h0), (_, cpu1, h1) = inside[0], inside[-1]
+    (_, cpu0, s0), (_, cpu1, s1) = inside[0], inside[-1]
     out: dict[str, Any] = {}
     if cpu0 and cpu1:
         d = {k: cpu1.get(k, 0) - cpu0.get(k, 0) for k in _CPU_FIELDS}
@@ -229,7 +259,10 @@ def probe_window(
         out["cpu_busy_pct"] = round(100.0 * (total - d["idle"] - d["iowait"]) / total, 1)
         out["cpu_iowait_pct"] = round(100.0 * d["iowait"] / total, 2)
         out["cpu_steal_pct"] = round(100.0 * d["steal"] / total, 2)
-    if h0 is not None and h1 is not None and h1:
+    if s0 is None or s1 is None:
+        return out
+    h0, h1 = s0["latency"], s1["latency"]
+    if h1:
         bounds = sorted(h1)
         diff = [h1[b] - h0.get(b, 0.0) for b in bounds]
         n = diff[-1]
@@ -238,6 +271,13 @@ def probe_window(
             out["server_p99_le_ms"] = None if le == float("inf") else round(1000.0 * le, 1)
             below = dict(zip(bounds, diff, strict=True)).get(0.25)
             out["server_over_250ms"] = None if below is None else int(n - below)
+    if s1["gc_count"]:
+        out["gc2_collections"] = int(s1["gc_count"].get("2", 0.0) - s0["gc_count"].get("2", 0.0))
+        out["gc_ms"] = round(1000.0 * (sum(s1["gc_sum"].values()) - sum(s0["gc_sum"].values())), 1)
+    l0, l1 = s0["loop_lag"], s1["loop_lag"]
+    if l1 and 0.05 in l1:
+        inf = float("inf")
+        out["loop_lag_over_50ms"] = int((l1[inf] - l1[0.05]) - (l0.get(inf, 0.0) - l0.get(0.05, 0.0)))
     return out
 
 
@@ -291,6 +331,8 @@ def markdown(r: dict[str, Any]) -> str:
             "req/s",
             "server p99 <= (ms)",
             "server answers > 250 ms",
+            "GC gen-2 runs / GC ms",
+            "loop lag > 50 ms",
             "CPU busy / iowait / steal (%)",
         ],
         [
@@ -304,6 +346,8 @@ def markdown(r: dict[str, Any]) -> str:
                 _f(w["rps"]),
                 _f(w.get("server_p99_le_ms")),
                 "n/a" if w.get("server_over_250ms") is None else w["server_over_250ms"],
+                "n/a" if w.get("gc_ms") is None else f"{w['gc2_collections']} / {w['gc_ms']:.0f}",
+                "n/a" if w.get("loop_lag_over_50ms") is None else w["loop_lag_over_50ms"],
                 "n/a"
                 if w.get("cpu_busy_pct") is None
                 else f"{w['cpu_busy_pct']:.0f} / {w['cpu_iowait_pct']:.1f} / {w['cpu_steal_pct']:.1f}",
@@ -323,10 +367,10 @@ def _cmd(args: argparse.Namespace) -> int:
     from .reliability_doc import write_reliability_section
     from .report import save_json
 
-    if args.minutes <= 0:
+    if args.minutes <= 0 or (args.rate is not None and args.rate <= 0):
         from hashrec.cli import UserError
 
-        raise UserError(f"--minutes must be > 0, got {args.minutes}")
+        raise UserError(f"--minutes and --rate must be > 0, got {args.minutes} and {args.rate}")
     r = run_soak(
         args.minutes,
         load=args.load,
@@ -334,10 +378,18 @@ def _cmd(args: argparse.Namespace) -> int:
         n_items=args.items,
         redis=not args.no_redis,
         bundles=Path(args.bundles) if args.bundles else None,
+        rate=args.rate,
     )
-    path = save_json("soak", r)
     md = markdown(r)
-    write_reliability_section("soak", md, path, command=f"hashrec bench soak --minutes {args.minutes:g}")
+    if args.out:
+        # a scratch run (a short or experimental soak): its JSON and table go to --out, the docs stay as
+        # the last acceptance run left them
+        out = Path(args.out)
+        path = save_json("soak", r, out_dir=out)
+        (out / "soak.md").write_text(md + "\n")
+    else:
+        path = save_json("soak", r)
+        write_reliability_section("soak", md, path, command=f"hashrec bench soak --minutes {args.minutes:g}")
     print(md)
     return 0 if r["passed"] else 1
 
@@ -349,10 +401,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes (default 10)")
     p.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity (default 0.7)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offered load in requests/s instead of --load x measured capacity (for comparing runs)",
+    )
     p.add_argument("--users", type=int, default=29858, help="users of the random bundle (Gowalla's count)")
     p.add_argument("--items", type=int, default=40981, help="items of the random bundle (Gowalla's count)")
     p.add_argument("--bundles", default=None, help="serve this bundles directory instead of a random bundle")
     p.add_argument(
         "--no-redis", action="store_true", help="in-process cache instead of a private redis-server"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write soak.json and soak.md to this directory instead of docs/ (scratch runs)",
     )
     p.set_defaults(func=_cmd)
