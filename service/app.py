@@ -24,7 +24,9 @@ from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import ServiceMiddleware
 from .quality_monitor import QualityMonitor
+from .refresh import RefreshAhead
 from .routes import admin, export, health, recommend
+from .runtime_metrics import GcPauseMonitor, LoopLagMonitor, freeze_startup_heap
 from .settings import Settings
 from .state import ServingState, Snapshot
 
@@ -73,6 +75,8 @@ def limit_native_threads(threads: int = 1) -> None:
 def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
     """Build the app. ``snapshot``: an already loaded bundle (``hashrec serve`` loads it to fail fast)."""
     metrics = ServiceMetrics()
+    gc_monitor = GcPauseMonitor(metrics.registry)
+    loop_lag = LoopLagMonitor(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,8 +127,21 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         )
         quality = QualityMonitor(metrics.registry, settings.quality_sample_rate, executor)
         export_executor = ThreadPoolExecutor(settings.export_threads, thread_name_prefix="hashrec-export")
+        refresh = RefreshAhead(
+            settings.cache_refresh_ahead if settings.cache_backend != "none" else 0.0,
+            settings.cache_refresh_concurrency,
+            metrics.registry,
+        )
         app.state.ctx = ServiceContext(
-            settings, metrics, state, cache, executor, batcher, export_executor, quality=quality
+            settings,
+            metrics,
+            state,
+            cache,
+            executor,
+            batcher,
+            export_executor,
+            quality=quality,
+            refresh=refresh,
         )
         log.info(
             "serving bundle %s (%s, %d items, %d bits), cache %s, %d compute threads",
@@ -135,9 +152,17 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
             settings.cache_backend,
             settings.compute_threads,
         )
+        if settings.gc_freeze:
+            frozen = freeze_startup_heap()
+            log.info("start-up heap frozen: %d objects out of the garbage collector's reach", frozen)
+        gc_monitor.install()
+        loop_lag.start()
         try:
             yield
         finally:
+            await loop_lag.stop()
+            gc_monitor.uninstall()
+            await refresh.close()
             await cache.close()
             executor.shutdown(wait=False, cancel_futures=True)
             export_executor.shutdown(wait=False, cancel_futures=True)

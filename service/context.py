@@ -14,6 +14,7 @@ from .cache import AnswerCache
 from .errors import ApiError
 from .metrics import ServiceMetrics
 from .quality_monitor import QualityMonitor
+from .refresh import RefreshAhead
 from .settings import Settings
 from .state import ServingState, Snapshot
 
@@ -31,6 +32,7 @@ class ServiceContext:
     export_executor: ThreadPoolExecutor
     started: float = field(default_factory=time.monotonic)
     quality: QualityMonitor | None = None  # samples answers for hashrec_recall_overlap (quality_monitor.py)
+    refresh: RefreshAhead | None = None  # background refresh of cache entries near expiry (refresh.py)
 
     def snapshot(self) -> Snapshot:
         """The snapshot this request will use from start to end; 503 when none is loaded."""

@@ -70,7 +70,8 @@ class ServiceMetrics:
         )
         self.cache = Counter(
             "hashrec_cache_requests",
-            "Cache look-ups and writes by backend and result (hit, miss, error, skipped = breaker open)",
+            "Cache look-ups and writes by backend and result (hit, miss, invalid = a stored value of another "
+            "format, error, skipped = breaker open, ok)",
             ["backend", "op", "result"],
             registry=r,
         )

@@ -8,8 +8,13 @@ import time
 
 import redis
 
-from hashrec.service.cache import CircuitBreaker, LruCache, RedisCache, answer_key
+from hashrec.service.cache import CachedAnswer, CircuitBreaker, LruCache, RedisCache, TieredCache, answer_key
 from hashrec.service.metrics import ServiceMetrics
+
+
+def bodies(entries: list[CachedAnswer | None]) -> list[bytes | None]:
+    """The answers' bytes of cache entries (None stays None)."""
+    return [None if e is None else e.body for e in entries]
 
 
 class FakeClock:
@@ -39,12 +44,12 @@ def test_lru_ttl_and_eviction() -> None:
 
     async def run() -> None:
         await c.set_many([("a", b"1"), ("b", b"2")])
-        assert await c.get_many(["a", "b", "x"]) == [b"1", b"2", None]
+        assert bodies(await c.get_many(["a", "b", "x"])) == [b"1", b"2", None]
         await c.get_many(["a"])  # a is now most recent
         await c.set_many([("c", b"3")])  # evicts b
-        assert await c.get_many(["a", "b", "c"]) == [b"1", None, b"3"]
+        assert bodies(await c.get_many(["a", "b", "c"])) == [b"1", None, b"3"]
         clock.t += 11
-        assert await c.get_many(["a", "c"]) == [None, None]
+        assert bodies(await c.get_many(["a", "c"])) == [None, None]
         assert len(c) == 0
 
     asyncio.run(run())
@@ -131,16 +136,16 @@ def test_redis_cache_round_trip_and_breaker_on_dead_redis(redis_server) -> None:
             redis_server.url, ttl_s=30, timeout_s=0.05, pool_size=4, breaker=CircuitBreaker(3, 60), metrics=m
         )
         await cache.set_many([("k1", b"v1")])
-        assert await cache.get_many(["k1", "k2"]) == [b"v1", None]
+        assert bodies(await cache.get_many(["k1", "k2"])) == [b"v1", None]
         redis_server.stop()
         t0 = time.perf_counter()
         for _ in range(3):  # three failures open the breaker
-            assert await cache.get_many(["k1"]) == [None]
+            assert bodies(await cache.get_many(["k1"])) == [None]
         assert cache.breaker.state == "open"
         # with the breaker open no call touches Redis: 200 look-ups cost next to nothing
         t1 = time.perf_counter()
         for _ in range(200):
-            assert await cache.get_many(["k1"]) == [None]
+            assert bodies(await cache.get_many(["k1"])) == [None]
             await cache.set_many([("k1", b"v")])
         assert time.perf_counter() - t1 < 0.1
         assert time.perf_counter() - t0 < 2.0
@@ -181,7 +186,7 @@ def test_cancelled_request_does_not_wedge_the_breaker(redis_server) -> None:  # 
                 break
             await asyncio.sleep(0.05)
         assert breaker.state == "closed"
-        assert await cache.get_many(["k"]) == [b"v"]
+        assert bodies(await cache.get_many(["k"])) == [b"v"]
         # a trial abandoned outright (its task cancelled: shutdown) frees the slot
         breaker.failure()
         clock.t += 5
@@ -203,7 +208,7 @@ def test_concurrent_lookups_share_round_trips(redis_server) -> None:  # type: ig
         await cache.set_many([(f"k{i}", f"v{i}".encode()) for i in range(100)])
         cache.max_fetches = 1
         results = await asyncio.gather(*(cache.get_many([f"k{i}", "absent"]) for i in range(100)))
-        assert results == [[f"v{i}".encode(), None] for i in range(100)]
+        assert [bodies(r) for r in results] == [[f"v{i}".encode(), None] for i in range(100)]
         await cache.close()
 
     asyncio.run(run())
@@ -212,3 +217,64 @@ def test_concurrent_lookups_share_round_trips(redis_server) -> None:  # type: ig
     assert m.registry.get_sample_value("hashrec_cache_requests_total", {**get, "result": "miss"}) == 100
     info = redis.Redis.from_url(redis_server.url).info("commandstats")
     assert info["cmdstat_mget"]["calls"] <= 3  # 100 look-ups, at most a few round trips
+
+
+def test_concurrent_writes_share_pipelines(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Writes of concurrent requests leave together: one connection at a time writes, however many
+    requests store answers at once (each used to take a pooled connection of its own)."""
+    m = ServiceMetrics()
+
+    async def run() -> None:
+        cache = RedisCache(
+            redis_server.url, ttl_s=30, timeout_s=0.5, pool_size=8, breaker=CircuitBreaker(3, 5), metrics=m
+        )
+        cache.max_writes = 1
+        await asyncio.gather(*(cache.set_many([(f"w{i}", f"v{i}".encode())]) for i in range(200)))
+        assert bodies(await cache.get_many([f"w{i}" for i in range(200)])) == [
+            f"v{i}".encode() for i in range(200)
+        ]
+        await cache.close()
+
+    asyncio.run(run())
+    assert (
+        m.registry.get_sample_value(
+            "hashrec_cache_requests_total", {"backend": "redis", "op": "set", "result": "ok"}
+        )
+        == 200
+    )
+    info = redis.Redis.from_url(redis_server.url).info("stats")
+    # one write pipeline + one MGET at most; without coalescing, 200 writes would open all 8 connections
+    assert info["total_connections_received"] <= 3, info["total_connections_received"]
+
+
+def test_near_cache_write_does_not_wait_for_redis(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Behind a near cache, a write returns once the near cache holds it; Redis gets it from the queue.
+    (A miss used to wait a Redis round trip, or a stalled Redis' timeout, for a copy only other processes
+    read.)"""
+    import signal
+
+    m = ServiceMetrics()
+
+    async def run() -> None:
+        far = RedisCache(
+            redis_server.url, ttl_s=30, timeout_s=2.0, pool_size=4, breaker=CircuitBreaker(3, 5), metrics=m
+        )
+        cache = TieredCache(LruCache(100, ttl_s=30, metrics=m), far)
+        assert bodies(await far.get_many(["warm"])) == [None]  # a pooled connection is open
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.perf_counter()
+            await cache.set_many([("k", b"v")])
+            elapsed = time.perf_counter() - t0
+            assert bodies(await cache.near.get_many(["k"])) == [b"v"]
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert elapsed < 0.05, elapsed  # awaiting the frozen Redis would take until SIGCONT
+        for _ in range(100):  # the queued write lands once Redis runs again
+            if far._queued_writes == 0 and far._writing == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert bodies(await far.get_many(["k"])) == [b"v"]
+        await cache.close()
+
+    asyncio.run(run())

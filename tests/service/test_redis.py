@@ -43,7 +43,7 @@ def test_redis_cache_aside_and_survival(
         assert [b["items"] for b in again] == [b["items"] for b in first]
         # the entries live in Redis, keyed by version, with a TTL
         r = redis.Redis.from_url(redis_server.url)
-        keys = r.keys("hashrec:ans:v1:*")
+        keys = r.keys("hashrec:ans:v2:*")
         assert len(keys) == 10 and all(first[0]["version"].encode() in k for k in keys)
         assert 0 < r.pttl(keys[0]) <= 300_000
         r.close()
@@ -112,12 +112,16 @@ def test_near_cache_in_front_of_redis(
     ):
         first = httpx.get(f"{a.url}/recommend/{users[0]}").json()
         assert first["source"] == "model"
+        # a answers without waiting for its Redis write (queued behind the near cache): wait until it lands
+        r = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 3
+        while not r.keys("hashrec:ans:v2:*") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(r.keys("hashrec:ans:v2:*")) == 1
+        r.close()
         # another process finds the answer in Redis (shared), then in its own near cache
         from_b = httpx.get(f"{b.url}/recommend/{users[0]}").json()
         assert from_b["source"] == "cache" and from_b["items"] == first["items"]
-        r = redis.Redis.from_url(redis_server.url)
-        assert len(r.keys("hashrec:ans:v1:*")) == 1
-        r.close()
         redis_server.stop()
         # Redis gone: near-cache hits still answer from the cache, new questions from the model
         assert httpx.get(f"{a.url}/recommend/{users[0]}").json()["source"] == "cache"

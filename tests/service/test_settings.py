@@ -35,6 +35,10 @@ def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         ("unknown_user", "maybe", "unknown_user"),
         ("cache_ttl_s", -1, "cache_ttl_s"),
         ("cache_ttl_jitter", 1.0, "cache_ttl_jitter"),
+        ("cache_refresh_ahead", -0.1, "cache_refresh_ahead"),
+        ("cache_refresh_ahead", 1.0, "cache_refresh_ahead"),
+        ("cache_refresh_concurrency", 0, "cache_refresh_concurrency"),
+        ("gc_freeze", "sometimes", "gc_freeze"),
     ],
 )
 def test_bad_values_name_the_field(
@@ -44,6 +48,20 @@ def test_bad_values_name_the_field(
     with pytest.raises(ValidationError) as err:
         Settings(bundles=tmp_path, **{field: value})
     assert needle in str(err.value)
+
+
+def test_refresh_ahead_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HASHREC_BUNDLES", str(tmp_path))
+    s = Settings()  # type: ignore[call-arg]
+    assert s.cache_refresh_ahead == 0.1 and s.cache_refresh_concurrency == 16 and s.gc_freeze is True
+    monkeypatch.setenv("HASHREC_CACHE_REFRESH_AHEAD", "0")  # 0 = off, a valid value
+    monkeypatch.setenv("HASHREC_CACHE_REFRESH_CONCURRENCY", "16")
+    monkeypatch.setenv("HASHREC_GC_FREEZE", "false")
+    s = Settings()  # type: ignore[call-arg]
+    assert s.cache_refresh_ahead == 0.0 and s.cache_refresh_concurrency == 16 and s.gc_freeze is False
+    monkeypatch.setenv("HASHREC_CACHE_REFRESH_AHEAD", "0.95x")
+    with pytest.raises(ValidationError, match="cache_refresh_ahead"):
+        Settings()  # type: ignore[call-arg]
 
 
 def test_missing_bundles_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,139 @@
+"""Process-level latency sources that per-request metrics cannot name: garbage-collector pauses and event
+loop lag.
+
+Why: a request's latency histogram says *that* answers were slow, not *why*. Two causes stop every request
+at once in a single-threaded asyncio server, and both are invisible from inside a request:
+
+- **cyclic GC pauses**: a collection runs on whatever thread allocated the object that triggered it (the
+  event loop, most of the time) and holds the GIL until it is done; a generation-2 collection walks every
+  tracked object in the process (``gc.callbacks`` gives its start and stop);
+- **event loop lag**: any callback that runs long (a GC pause, an inline model batch, a slow handler)
+  delays every other ready callback; a ticker that asks to wake every ``interval_s`` measures how late it
+  actually wakes.
+
+Metrics (in the app's registry; both cost a few microseconds per event):
+
+- ``hashrec_gc_pause_seconds{generation}`` (histogram): wall time of each collection;
+- ``hashrec_event_loop_lag_seconds`` (histogram): how late each ticker wake-up was.
+
+What they showed (docs/reliability.md): the service's hits allocate no GC-tracked containers at all, but
+each cache miss allocates some 75 (answer lists, futures, the Redis pipeline), so expiry waves are what
+ran the collector, and a generation-2 collection walked the ~80,000 objects created at start-up (modules,
+classes, FastAPI and pydantic structures) for 30-80 ms, holding the GIL: every request in flight waited.
+:func:`freeze_startup_heap` moves those objects out of the collector's sight once start-up is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+
+log = logging.getLogger(__name__)
+
+_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def freeze_startup_heap() -> int:
+    """Collect once, then move every object alive now to the collector's permanent generation
+    (``gc.freeze``); returns how many objects were frozen.
+
+    Why: objects that live as long as the process (imported modules, the app, the loaded bundle) never
+    become garbage, yet every generation-2 collection walks them all. Frozen objects are skipped by every
+    later collection, so a collection costs what the objects created since start-up cost. Reference counting
+    still frees frozen objects that drop their last reference (a reloaded bundle's old snapshot, which has
+    no cycles: tests/service/test_reload.py checks it is freed); only garbage *cycles* among frozen objects
+    would stay, and nothing frozen here is expected to form one later.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+class GcPauseMonitor:
+    """Times every cyclic-GC collection of the process into ``hashrec_gc_pause_seconds{generation}``.
+
+    ``install()`` appends a callback to ``gc.callbacks`` (process-wide); ``uninstall()`` removes it. Safe
+    with several instances (each records into its own registry). Collections can start on any thread, but
+    the GIL is held for a whole collection, so start and stop of one collection never interleave with
+    another's: one pending start time is enough.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pauses = Histogram(
+            "hashrec_gc_pause_seconds",
+            "Wall time of each cyclic garbage-collector collection, by generation (the GIL is held "
+            "throughout: every request waits)",
+            ["generation"],
+            buckets=_PAUSE_BUCKETS,
+            registry=registry,
+        )
+        self._children = {g: self.pauses.labels(str(g)) for g in range(3)}
+        self._started: float | None = None
+        self._installed = False
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        if self._started is None:  # installed mid-collection
+            return
+        elapsed = time.perf_counter() - self._started
+        self._started = None
+        child = self._children.get(int(info.get("generation", 2)))
+        if child is not None:
+            child.observe(elapsed)
+
+    def install(self) -> None:
+        """Start timing collections (idempotent)."""
+        if not self._installed:
+            gc.callbacks.append(self._callback)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        """Stop timing collections (idempotent)."""
+        if self._installed:
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(self._callback)
+            self._installed = False
+
+
+class LoopLagMonitor:
+    """A ticker on the event loop: sleeps ``interval_s`` and records how much later than asked it woke up
+    (``hashrec_event_loop_lag_seconds``). Lag above a few milliseconds means something held the loop."""
+
+    def __init__(self, registry: CollectorRegistry, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.lag = Histogram(
+            "hashrec_event_loop_lag_seconds",
+            f"How late a ticker that sleeps {interval_s:g} s wakes up on the event loop (time the loop "
+            "spent on other callbacks, GC pauses included, beyond the sleep)",
+            buckets=_PAUSE_BUCKETS,
+            registry=registry,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        observe = self.lag.observe
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(self.interval_s)
+            observe(max(0.0, time.perf_counter() - t0 - self.interval_s))
+
+    def start(self) -> None:
+        """Start the ticker on the running loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="hashrec-loop-lag")
+
+    async def stop(self) -> None:
+        """Cancel the ticker and wait for it to end."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
