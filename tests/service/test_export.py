@@ -22,16 +22,13 @@ C = 25
 @pytest.fixture(scope="module")
 def export_server(bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server computing 64 users per export step (several steps for the 600 test users)."""
-    srv = ServerProcess(
+    with ServerProcess(
         bundles,
         tmp_path_factory.mktemp("exp") / "server.log",
         HASHREC_EXPORT_BATCH="64",
         HASHREC_ADMIN_TOKEN=ADMIN_TOKEN,
-    ).start()
-    try:
+    ).start() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def stream_rows(url: str, body: dict) -> tuple[dict[str, str], list[dict]]:  # type: ignore[type-arg]

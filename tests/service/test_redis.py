@@ -16,18 +16,15 @@ from hashrec.model.data import Dataset
 
 @pytest.fixture()
 def redis_served(bundles: Path, redis_server, tmp_path: Path) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
-    srv = ServerProcess(
+    with ServerProcess(
         bundles,
         tmp_path / "server.log",
         HASHREC_REDIS_URL=redis_server.url,
         HASHREC_BREAKER_RESET_S="0.5",
         HASHREC_REDIS_TIMEOUT_S="0.05",
         HASHREC_NEAR_CACHE_SIZE="0",  # every hit goes to Redis: these tests are about Redis itself
-    ).start()
-    try:
+    ).start() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_redis_cache_aside_and_survival(

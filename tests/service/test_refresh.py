@@ -206,7 +206,7 @@ FRACTION = 0.5  # due in the last 3 s of a 6 s life
 
 @pytest.fixture()
 def refresh_served(bundles: Path, redis_server, tmp_path: Path) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
-    srv = ServerProcess(
+    with ServerProcess(
         bundles,
         tmp_path / "server.log",
         HASHREC_REDIS_URL=redis_server.url,
@@ -215,11 +215,8 @@ def refresh_served(bundles: Path, redis_server, tmp_path: Path) -> Iterator[Serv
         HASHREC_CACHE_REFRESH_AHEAD=str(FRACTION),
         HASHREC_QUALITY_SAMPLE_RATE="0",
         HASHREC_ADMIN_TOKEN=ADMIN_TOKEN,
-    ).start()
-    try:
+    ).start() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def refreshes(c: httpx.Client, result: str = "refreshed") -> float:
