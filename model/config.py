@@ -68,6 +68,9 @@ class TrainConfig:
         softmax_weight / softmax_tau / shared_negatives: softmax over in-batch positives of the other
             examples (when ``inbatch``) plus ``shared_negatives`` uniform items shared by the batch, logits
             <h_u, h_i>/(K tau).
+        code_tau: the softmax temperature of the examples that use their codes (None = softmax_tau): codes
+            have norm sqrt(K) where z is shorter, so the same temperature is sharper on codes.
+        bit_reg: weight of the bit balance + decorrelation penalty on the batch's z (0 = off).
         cont_weight / cont_tau: the same softmax on the continuous z (never signed, whatever the guidance
             schedule says), so that z stays a good re-ranker while the codes train on pure STE.
         l2: L2 penalty on the ID embeddings of the batch (per example).
@@ -110,6 +113,8 @@ class TrainConfig:
     softmax_tau: float = 0.1
     shared_negatives: int = 0
     inbatch: bool = True
+    code_tau: float | None = None
+    bit_reg: float = 0.0
     cont_weight: float = 0.0
     cont_tau: float = 0.05
     l2: float = 0.0
@@ -161,7 +166,13 @@ class TrainConfig:
         for name in ("score_scale", "softmax_tau", "cont_tau", "lr", "margin"):
             if not getattr(self, name) > 0:
                 raise bad(name, "expected a value > 0")
-        for name in ("rec_weight", "rank_weight", "softmax_weight", "cont_weight", "l2"):
+        if self.code_tau is not None and not (
+            isinstance(self.code_tau, (int, float))
+            and not isinstance(self.code_tau, bool)
+            and self.code_tau > 0
+        ):
+            raise bad("code_tau", "expected a value > 0 (or None for softmax_tau)")
+        for name in ("rec_weight", "rank_weight", "softmax_weight", "cont_weight", "l2", "bit_reg"):
             if not getattr(self, name) >= 0:
                 raise bad(name, "expected a weight >= 0")
         if (

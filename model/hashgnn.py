@@ -23,7 +23,14 @@ from hashrec.model.config import TrainConfig
 from hashrec.model.data import BipartiteGraph
 from hashrec.model.encoders import LightGCNEncoder, SageEncoder
 from hashrec.model.hashing import HashLayer, guided_codes, ste_sign
-from hashrec.model.losses import bpr_loss, l2_penalty, margin_loss, reconstruction_loss, softmax_loss
+from hashrec.model.losses import (
+    bit_penalty,
+    bpr_loss,
+    l2_penalty,
+    margin_loss,
+    reconstruction_loss,
+    softmax_loss,
+)
 
 
 class HashGNN(nn.Module):
@@ -103,7 +110,7 @@ class HashGNN(nn.Module):
         sample_gen: torch.Generator | None,
         gen: torch.Generator,
     ) -> dict[str, torch.Tensor]:
-        """Weighted losses of one batch: ``{"loss": total, "rec": ..., "rank": ..., "softmax": ..., "l2": ...}``.
+        """Weighted losses of one batch: ``{"loss": total, "rec": ..., "rank": ..., "softmax": ..., "bits": ..., "l2": ...}``.
 
         Args:
             users, pos: [B] the batch's observed edges; neg: [B, M] sampled negatives of each example;
@@ -142,7 +149,7 @@ class HashGNN(nn.Module):
             excl = self._inbatch_exclusions(pos)
         if cfg.softmax_weight > 0:
             hs, _ = guided_codes(zs, p, cfg.guidance, gen) if len(shared) else (zs, None)
-            logits, target = self._softmax_logits(hu, hp, hs, cfg.softmax_tau)
+            logits, target = self._softmax_logits(hu, hp, hs, self._code_tau(draw))
             out["softmax"] = softmax_loss(logits, target, excl)
             total = total + cfg.softmax_weight * out["softmax"]
         if cfg.cont_weight > 0:
@@ -151,6 +158,11 @@ class HashGNN(nn.Module):
             logits, target = self._softmax_logits(zu, zp, zs, cfg.cont_tau)
             out["cont"] = softmax_loss(logits, target, excl)
             total = total + cfg.cont_weight * out["cont"]
+        if cfg.bit_reg > 0:
+            # On the batch's users and its distinct items (mostly the uniform shared negatives, so an
+            # unbiased sample of the catalogue's codes).
+            out["bits"] = bit_penalty(zu) + bit_penalty(zi_u)
+            total = total + cfg.bit_reg * out["bits"]
         if cfg.l2 > 0:
             eu, ei = self.encoder.id_embeddings(
                 torch.from_numpy(np.asarray(users, np.int64)).to(dev), torch.from_numpy(uniq).to(dev)
@@ -160,10 +172,24 @@ class HashGNN(nn.Module):
         out["loss"] = total
         return out
 
+    def _code_tau(self, draw: torch.Tensor) -> float | torch.Tensor:
+        """The softmax temperature of each example: ``softmax_tau``, or ``code_tau`` where it uses its code.
+
+        ``draw`` is the guidance draw of the users ([B, 1] per example, [B, K] per bit: the temperature then
+        moves with the fraction of bits that are codes). A scalar when ``code_tau`` is unset.
+        """
+        cfg = self.cfg
+        if cfg.code_tau is None or cfg.code_tau == cfg.softmax_tau:
+            return cfg.softmax_tau
+        frac = draw.to(torch.float32).mean(dim=-1, keepdim=True)  # [B, 1]
+        return cfg.softmax_tau + (cfg.code_tau - cfg.softmax_tau) * frac
+
     def _softmax_logits(
-        self, hu: torch.Tensor, hp: torch.Tensor, hs: torch.Tensor, tau: float
+        self, hu: torch.Tensor, hp: torch.Tensor, hs: torch.Tensor, tau: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``<h_u, h_c>/(K tau)`` over the candidates and the target column of each example.
+
+        ``tau``: a scalar or one temperature per example ([B, 1]).
 
         Candidates: with ``inbatch``, the batch's positives then the shared items (target = the example's
         row); without, the example's own positive then the shared items (target = column 0).

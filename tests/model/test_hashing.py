@@ -107,3 +107,98 @@ def test_continuous_softmax_trains_z_even_on_pure_codes(synth_dataset, tmp_path)
     logits = torch.cat([(zu * zp).sum(-1, keepdim=True), zu @ zs.T], dim=1) / (16 * cfg.cont_tau)
     expected = torch.nn.functional.cross_entropy(logits, torch.zeros(32, dtype=torch.long))
     assert abs(float(out["cont"].detach()) - float(expected.detach())) < 1e-4
+
+
+def _softmax_by_hand(hu: torch.Tensor, hp: torch.Tensor, hs: torch.Tensor, tau: float) -> float:
+    bits = hu.shape[1]
+    logits = torch.cat([(hu * hp).sum(-1, keepdim=True), hu @ hs.T], dim=1) / (bits * tau)
+    return float(torch.nn.functional.cross_entropy(logits, torch.zeros(len(hu), dtype=torch.long)).detach())
+
+
+@pytest.mark.parametrize(("prob", "expected_tau"), [(1.0, 0.2), (0.0, 0.05)])
+def test_code_tau_applies_to_the_examples_that_use_codes(
+    synth_dataset, tmp_path, prob: float, expected_tau: float
+) -> None:  # type: ignore[no-untyped-def]
+    """On pure codes the softmax is the codes' at ``code_tau``; fully continuous, z's at ``softmax_tau``."""
+    from hashrec.model.hashgnn import HashGNN
+
+    graph = synth_dataset.graph("train")
+    users, items = graph.edges()
+    base = dict(rec_weight=0.0, rank_weight=0.0, shared_negatives=16, inbatch=False, softmax_tau=0.05)
+    cfg = TrainConfig.preset_config("default", DataConfig(path=str(tmp_path)), code_tau=0.2, **base)
+    torch.manual_seed(0)
+    model = HashGNN(cfg.replace(emb_dim=8, bits=16), graph)
+    rng = np.random.default_rng(0)
+    shared = rng.integers(0, graph.n_items, 16)
+    neg = rng.integers(0, graph.n_items, (32, 4))
+    u, p = users[:32], items[:32]
+    out = model.loss(
+        u, p, neg, shared, prob, torch.Generator().manual_seed(1), torch.Generator().manual_seed(0)
+    )
+    zu, zi = model.embed(u, np.concatenate([p, shared]), torch.Generator().manual_seed(1))
+    h = sign if prob == 1.0 else (lambda z: z)
+    want = _softmax_by_hand(h(zu), h(zi[:32]), h(zi[32:]), expected_tau)
+    assert abs(float(out["softmax"].detach()) - want) < 1e-4
+
+
+def test_code_tau_per_bit_guidance_moves_with_the_fraction_of_code_bits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from hashrec.model.hashgnn import HashGNN
+
+    cfg = TrainConfig.preset_config(
+        "default", DataConfig(path=str(tmp_path)), code_tau=0.25, softmax_tau=0.05
+    )
+    model = HashGNN.__new__(HashGNN)
+    torch.nn.Module.__init__(model)
+    model.cfg = cfg
+    draw = torch.tensor([[True] * 4, [False] * 4, [True, True, False, False]])
+    tau = model._code_tau(draw)
+    assert isinstance(tau, torch.Tensor)
+    assert torch.allclose(tau.ravel(), torch.tensor([0.25, 0.05, 0.15]))
+    unset = HashGNN.__new__(HashGNN)
+    torch.nn.Module.__init__(unset)
+    unset.cfg = cfg.replace(code_tau=None)
+    assert unset._code_tau(draw) == 0.05
+
+
+def test_bit_penalty_is_zero_for_balanced_independent_bits_and_grows_with_redundancy() -> None:
+    from hashrec.model.losses import bit_penalty
+
+    # all 16 patterns of 4 bits: each bit half +1 / half -1, every pair uncorrelated
+    codes = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=4)))
+    assert float(bit_penalty(codes)) == pytest.approx(0.0, abs=1e-7)
+    # a duplicated bit: covariance 16/15 between bits 0 and 3 -> 2 * (16/15)^2 / (4 * 3)
+    dup = codes.clone()
+    dup[:, 3] = dup[:, 0]
+    assert float(bit_penalty(dup)) == pytest.approx(2 * (16 / 15) ** 2 / 12, rel=1e-5)
+    # a constant bit: its mean is 1 -> 1 / 4 (no covariance, it does not vary)
+    const = codes.clone()
+    const[:, 2] = 1.0
+    assert float(bit_penalty(const)) == pytest.approx(1 / 4, rel=1e-5)
+
+
+def test_bit_reg_adds_a_weighted_bits_term_to_the_loss(synth_dataset, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from hashrec.model.hashgnn import HashGNN
+
+    graph = synth_dataset.graph("train")
+    users, items = graph.edges()
+    rng = np.random.default_rng(0)
+    args = (
+        users[:32],
+        items[:32],
+        rng.integers(0, graph.n_items, (32, 4)),
+        rng.integers(0, graph.n_items, 16),
+    )
+    cfg = TrainConfig.preset_config("default", DataConfig(path=str(tmp_path)), shared_negatives=16)
+    for bit_reg in (0.0, 2.0):
+        model = HashGNN(cfg.replace(emb_dim=8, bits=16, bit_reg=bit_reg), graph)
+        out = model.loss(*args, 1.0, torch.Generator().manual_seed(1), torch.Generator().manual_seed(0))
+        assert ("bits" in out) == (bit_reg > 0)
+        weights = {
+            "rec": cfg.rec_weight,
+            "rank": cfg.rank_weight,
+            "softmax": cfg.softmax_weight,
+            "bits": bit_reg,
+        }
+        total = sum(weights[k] * float(v.detach()) for k, v in out.items() if k != "loss")
+        assert float(out["loss"].detach()) == pytest.approx(total, rel=1e-5)
+    assert float(out["bits"].detach()) > 0

@@ -67,6 +67,9 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("select_candidates", {"select_candidates": 5}),
         ("cont_tau", {"cont_tau": 0.0}),
         ("cont_weight", {"cont_weight": -1.0}),
+        ("code_tau", {"code_tau": 0.0}),
+        ("code_tau", {"code_tau": True}),
+        ("bit_reg", {"bit_reg": -0.5}),
     ],
 )
 def test_bad_config_names_the_field(field: str, kw: dict[str, object], tmp_path: Path) -> None:
