@@ -136,6 +136,12 @@ class ServerProcess:
             self._log.close()
             self._log = None
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def log_tail(self, n: int = 4000) -> str:
         """The last ``n`` characters of the server's log (for error messages)."""
         try:

@@ -6,38 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from harness import make_bundle
 
 from hashrec.bench.server_process import ADMIN_TOKEN, ServerProcess
-from hashrec.index.bundle import FoldIn
-from hashrec.index.export import build_bundle
 from hashrec.model.data import Dataset
-
-BITS = 32
-
-
-def synth_bundle(bundles: Path, ds: Dataset, seed: int, foldin: bool = True) -> Path:
-    """Publish a bundle of random embeddings for ``ds`` (a different model per seed); returns its dir."""
-    rng = np.random.default_rng(seed)
-    user_z = np.tanh(rng.standard_normal((ds.n_users, BITS))).astype(np.float32)
-    item_z = np.tanh(rng.standard_normal((ds.n_items, BITS))).astype(np.float32)
-    fi = None
-    if foldin:
-        fi = FoldIn(
-            item=rng.standard_normal((ds.n_items, 8)).astype(np.float32),
-            weight=rng.standard_normal((BITS, 8)).astype(np.float32),
-            bias=(0.1 * rng.standard_normal(BITS)).astype(np.float32),
-            power=0.5,
-        )
-    return build_bundle(bundles, user_z=user_z, item_z=item_z, dataset=ds, foldin=fi, keep=10)
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory, synth_dataset: Dataset) -> Path:
     """A bundles directory with one published version per test module."""
     d = tmp_path_factory.mktemp("bundles")
-    synth_bundle(d, synth_dataset, seed=1)
+    make_bundle(d, synth_dataset, seed=1)
     return d
 
 

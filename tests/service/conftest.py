@@ -1,4 +1,4 @@
-"""Fixtures of the service tests (helpers live in ``service_harness.py``)."""
+"""Fixtures of the service tests (helpers live in ``tests/harness.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_harness import ADMIN_TOKEN, ServerProcess, make_bundle
+from harness import ADMIN_TOKEN, ServerProcess, make_bundle
 
 from hashrec.model.data import Dataset
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_harness import ServerProcess
+from harness import ServerProcess
 
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from service_harness import HASHREC
+from harness import HASHREC
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_harness import ADMIN_TOKEN
+from harness import ADMIN_TOKEN
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -202,7 +202,7 @@ def test_chunked_body_over_the_limit_gets_413(client: httpx.Client) -> None:
 
 
 def test_admin_disabled_without_token(bundles, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from service_harness import ServerProcess
+    from harness import ServerProcess
 
     srv = ServerProcess(bundles, tmp_path / "log", HASHREC_ADMIN_TOKEN="").start()
     try:
@@ -218,7 +218,7 @@ def test_service_still_answers_after_bad_inputs(client: httpx.Client) -> None:
 
 def test_reload_refused_with_several_workers(bundles, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """With two worker processes a reload would reach one of them: refused, both keep one version."""
-    from service_harness import ServerProcess
+    from harness import ServerProcess
 
     srv = ServerProcess(
         bundles, tmp_path / "log", HASHREC_ADMIN_TOKEN=ADMIN_TOKEN, HASHREC_WORKERS="2"

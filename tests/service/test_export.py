@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_harness import ADMIN_TOKEN, HASHREC, ServerProcess, make_bundle
+from harness import ADMIN_TOKEN, HASHREC, ServerProcess, make_bundle
 
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever

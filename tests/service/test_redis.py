@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from service_harness import ServerProcess
+from harness import ServerProcess
 
 from hashrec.model.data import Dataset
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from harness import ADMIN_TOKEN, ServerProcess, make_bundle
 from prometheus_client import CollectorRegistry
-from service_harness import ADMIN_TOKEN, ServerProcess, make_bundle
 
 from hashrec.model.data import Dataset
 from hashrec.service.cache import (

@@ -7,7 +7,7 @@ import threading
 
 import httpx
 import pytest
-from service_harness import ADMIN_TOKEN, ServerProcess, make_bundle
+from harness import ADMIN_TOKEN, ServerProcess, make_bundle
 
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness import ServerProcess
 from prometheus_client import CollectorRegistry
-from service_harness import ServerProcess
 
 from hashrec.service.runtime_metrics import GcPauseMonitor, LoopLagMonitor, freeze_startup_heap
 from hashrec.service.state import load_snapshot

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from service_harness import HASHREC, free_port, make_bundle
+from harness import HASHREC, free_port, make_bundle
 
 from hashrec.model.data import Dataset
 
