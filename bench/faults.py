@@ -937,7 +937,7 @@ def _cmd(args: argparse.Namespace) -> int:
     names = list(SCENARIOS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [n for n in names if n not in RUNNERS]
     if unknown:
-        from hashrec.cli import UserError
+        from hashrec.data import UserError
 
         raise UserError(f"--only: unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     cfg = FaultConfig(

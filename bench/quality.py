@@ -122,7 +122,7 @@ def train_presets(data: str, out_dir: Path, budget_min: float) -> list[Path]:
     A run directory that already holds ``embeddings.npz`` is reused; one with ``last.pt`` is resumed.
     """
     from hashrec.model.config import TrainConfig
-    from hashrec.model.data import DataConfig
+    from hashrec.data import DataConfig
     from hashrec.model.train import train
 
     paths = []
@@ -396,7 +396,7 @@ def bench_quality(
     import os
 
     from hashrec.bench.report import DOCS, machine_info, save_json, write_section
-    from hashrec.model.data import DataConfig, DataError, Dataset, load_dataset
+    from hashrec.data import DataConfig, DataError, Dataset, load_dataset
     from hashrec.model.evaluate import plot_recall_vs_c
 
     docs = docs or DOCS
@@ -458,7 +458,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     import shlex
 
     from hashrec.bench.report import md_table
-    from hashrec.cli import UserError
+    from hashrec.data import UserError
     from hashrec.model.evaluate import parse_candidates
 
     try:

@@ -197,7 +197,7 @@ def _recall_stage(d: dict[str, Any], n_single: int, repeats: int, ivf_nlist: int
     import faiss
 
     from hashrec.index import binary_index, fastscan
-    from hashrec.index.codes import pack
+    from hashrec.data.codes import pack
     from hashrec.index.quality import hamming_recall
 
     item_z, user_z = d["item_z"], d["user_z"]
@@ -788,7 +788,7 @@ def _cmd(args: argparse.Namespace) -> int:
         if n == n_items:
             out["end_to_end"] = _end_to_end(d, rs, n_single, repeats)
         if n == 100_000:  # binary HNSW memory (too slow to build at 1M for a few-minute benchmark)
-            from hashrec.index.codes import pack
+            from hashrec.data.codes import pack
 
             h, _ = binary_index.build_index(pack(d["item_z"]), "hnsw", None)
             out["binary_hnsw_bytes_per_item"] = binary_index.memory_bytes(h) / n

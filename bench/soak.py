@@ -368,7 +368,7 @@ def _cmd(args: argparse.Namespace) -> int:
     from .report import save_json
 
     if args.minutes <= 0 or (args.rate is not None and args.rate <= 0):
-        from hashrec.cli import UserError
+        from hashrec.data import UserError
 
         raise UserError(f"--minutes and --rate must be > 0, got {args.minutes} and {args.rate}")
     r = run_soak(

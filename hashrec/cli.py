@@ -1,7 +1,7 @@
 """The ``hashrec`` command line: one entry point, subcommands registered by each area of the code.
 
-Each area keeps its commands next to its code (``model/cli.py``, ``index/cli.py``, ``service/cli.py``,
-``bench/cli.py``) and exposes ``register(subparsers)``. Registration must stay cheap: heavy imports
+Each area keeps its commands next to its code (``model/cli.py``, ``index/cli.py``, ``service/cli.py``)
+and exposes ``register(subparsers)``; ``python -m hashrec`` is the same entry point (torchrun runs it). Registration must stay cheap: heavy imports
 (torch, faiss, fastapi) happen inside the command handlers, so ``hashrec --help`` answers at once.
 
 Exit codes: 0 success, 1 a failed check (e.g. ``bundle verify``), 2 bad input (a clear message is logged).
@@ -20,14 +20,9 @@ from .logs import setup_logging
 log = logging.getLogger("hashrec")
 
 
-class UserError(Exception):
-    """An error caused by the user's input; the CLI prints its message and exits with status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every area's subcommands."""
     from hashrec import demo
-    from hashrec.bench import cli as bench_cli
     from hashrec.index import cli as index_cli
     from hashrec.model import cli as model_cli
     from hashrec.service import cli as service_cli
@@ -39,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hashrec {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for area in (model_cli, index_cli, service_cli, bench_cli, demo):
+    for area in (model_cli, index_cli, service_cli, demo):
         area.register(sub)
     return parser
 
@@ -49,11 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    from hashrec.model.data.errors import DataError
+    from hashrec.data.errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, DataError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""FAISS binary indexes over item codes: build, configure, save/load and an exact-tie search wrapper.
+"""FAISS binary indexes over item codes: build, configure, save/load, search with a total tie order.
 
 Index types (``index_type``), each with build and search parameters that are recorded in a bundle's
 manifest and re-applied on load:
@@ -27,15 +27,15 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .codes import check_bits
+from hashrec.data.codes import check_bits
 
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 
-# hammings_knn_mc keeps (bits + 1) * k ids per query while it runs: search queries in chunks so a batch
-# of 256 users with k = 2000 does not allocate hundreds of MB at once.
-_QUERY_CHUNK = 32
+# FAISS's counting search (hammings_knn_mc) holds (bits + 1) * k ids per query while it runs: queries are
+# searched in chunks that keep those buffers under this many bytes, whatever k is.
+_SEARCH_BYTES = 64 << 20
 
 
 def default_params(index_type: str, n_items: int) -> dict[str, Any]:
@@ -128,10 +128,9 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[np.nd
         return np.zeros((n, max(k, 0)), np.int32), np.zeros((n, max(k, 0)), np.int64)
     dist = np.empty((n, k), np.int32)
     idx = np.empty((n, k), np.int64)
-    for s in range(0, n, _QUERY_CHUNK):
-        d, i = index.search(queries[s : s + _QUERY_CHUNK], k)
-        dist[s : s + _QUERY_CHUNK] = d
-        idx[s : s + _QUERY_CHUNK] = i
+    rows = max(1, _SEARCH_BYTES // ((index.d + 1) * k * 8))
+    for s in range(0, n, rows):
+        dist[s : s + rows], idx[s : s + rows] = index.search(queries[s : s + rows], k)
     missing = idx < 0
     if missing.any():
         dist[missing] = index.d + 1
@@ -142,6 +141,22 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[np.nd
         dist = np.take_along_axis(dist, order, axis=1)
         idx = np.take_along_axis(idx, order, axis=1)
     return dist, idx
+
+
+def recall_against_exact(approx_dist: np.ndarray, approx_idx: np.ndarray, exact_dist: np.ndarray) -> float:
+    """Recall of an approximate Hamming top-C against the exact one, counting ties (faiss contrib style).
+
+    Hamming top-C has many ties (64-bit codes take only 65 distances), so comparing id sets would punish an
+    index for picking another item at the same distance: a returned item counts as correct when its
+    distance is within the exact C-th distance. All arrays are [n, C] (idx -1 = nothing returned); the
+    result is the mean over queries of correct / C.
+    """
+    if approx_dist.shape != exact_dist.shape:
+        raise ValueError(f"shapes differ: {approx_dist.shape} vs {exact_dist.shape}")
+    if exact_dist.size == 0:
+        return 1.0
+    ok = (approx_idx >= 0) & (approx_dist <= exact_dist[:, -1:])
+    return float(ok.mean())
 
 
 def memory_bytes(index: faiss.IndexBinary) -> int:

@@ -9,7 +9,7 @@
   vectors, then scaled back by the item degrees (without that scaling the projection under-ranks popular
   items, which costs recall).
 
-All rankings mask the known items and break ties by smaller item id (:func:`hashrec.model.metrics.topk_rows`).
+All rankings mask the known items and break ties by smaller item id (:func:`topk_rows`).
 The item-item filter is batched over users with sparse products (``(R~_b R~^T) R~``), never materialising the
 dense item-item matrix (41k x 41k floats on Gowalla would be 6.7 GB).
 """
@@ -22,9 +22,58 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from .metrics import hit_matrix, mask_scores, topk_rows
+from .metrics import hit_matrix
 
 log = logging.getLogger(__name__)
+
+
+def topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Top ``k`` columns of each row of ``scores`` (float, -inf = masked): int64 [n, k] sorted by
+    (score desc, column id asc); ``k`` must be <= the number of columns.
+
+    Masked slots (-inf) are returned as ``-1`` at the end of a row when fewer than ``k`` items remain.
+    The scores array is not modified.
+    """
+    import torch  # torch.topk is ~20x faster than np.argpartition here (and multi-threaded)
+
+    n, m = scores.shape
+    if k < m:
+        # Take k + 1: when the (k+1)-th score is strictly below the k-th, the top-k *set* is unambiguous.
+        # Otherwise a tie crosses the cut and topk may have picked any of the tied items, so those rows are
+        # recomputed exactly below (rare for continuous scores; common for integer ones).
+        vals_t, idx_t = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k + 1, dim=1)
+        vals1, idx1 = vals_t.numpy(), idx_t.numpy()
+        part = idx1[:, :k].astype(np.int64)
+        ambiguous = np.flatnonzero(vals1[:, k] == vals1[:, k - 1])
+        if len(ambiguous):
+            sub = scores[ambiguous]
+            t = vals1[ambiguous, k - 1][:, None]
+            above = sub > t
+            need = k - above.sum(axis=1, keepdims=True)
+            eq = sub == t
+            # the first `need` tied items in id order complete the top k
+            take = above | (eq & (np.cumsum(eq, axis=1) <= need))
+            _, cols = np.nonzero(take)  # row-major: ids ascending inside each row
+            part[ambiguous] = cols.reshape(len(ambiguous), k)
+    else:
+        part = np.broadcast_to(np.arange(m, dtype=np.int64), (n, m)).copy()
+    vals = np.take_along_axis(scores, part, axis=1)
+    # order by score desc, then id asc (lexsort: last key is primary)
+    order = np.lexsort((part, -vals), axis=1)
+    top = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    top[np.take_along_axis(vals, order, axis=1) == -np.inf] = -1
+    return top
+
+
+def mask_scores(scores: np.ndarray, mask_rows: sp.csr_matrix) -> np.ndarray:
+    """Set ``scores[r, i] = -inf`` in place for every stored entry (r, i) of ``mask_rows``; returns ``scores``.
+
+    ``mask_rows`` is CSR aligned with the rows of ``scores``. One scatter with the CSR's own indices: no dense
+    mask, no Python loop over users.
+    """
+    r = np.repeat(np.arange(mask_rows.shape[0]), np.diff(mask_rows.indptr))
+    scores[r, mask_rows.indices] = -np.inf
+    return scores
 
 
 def normalized_interactions(r: sp.spmatrix) -> sp.csr_matrix:

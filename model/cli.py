@@ -1,4 +1,8 @@
-"""CLI commands of the model area: ``data stats``, ``data synth``, ``train`` (and ``evaluate``)."""
+"""CLI commands of the model area: ``data stats``, ``data synth``, ``train``, ``evaluate`` and ``export``.
+
+hashrec export runs/gowalla-default --out bundles/                  # exact flat index, float32
+hashrec export runs/gowalla-default --out bundles/ --index ivf --index-param nprobe=32 --keep 3
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 
 def add_data_args(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
-    """Options that describe how to load a dataset (mirrors :class:`hashrec.model.data.DataConfig`)."""
+    """Options that describe how to load a dataset (mirrors :class:`hashrec.data.DataConfig`)."""
     if positional:
         p.add_argument("path", help="dataset folder (train.txt[.gz] + test.txt) or interaction file")
     g = p.add_argument_group("data loading")
@@ -31,7 +35,7 @@ def add_data_args(p: argparse.ArgumentParser, *, positional: bool = True) -> Non
 
 def data_config_from_args(args: argparse.Namespace, path: str | None = None) -> Any:
     """Build a validated DataConfig from parsed arguments."""
-    from hashrec.model.data import DataConfig
+    from hashrec.data import DataConfig
 
     sep = {"tab": "\t", "\\t": "\t", "space": " "}.get(args.sep, args.sep) if args.sep else None
     cols = tuple(c.strip() for c in args.columns.split(",")) if args.columns else None
@@ -53,7 +57,7 @@ def data_config_from_args(args: argparse.Namespace, path: str | None = None) -> 
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from hashrec.model.data import load_dataset
+    from hashrec.data import load_dataset
 
     t0 = time.perf_counter()
     cfg = data_config_from_args(args)
@@ -89,7 +93,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from hashrec.model.data.synthetic import SyntheticConfig, generate, write_csv
+    from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
 
     cfg = SyntheticConfig(
         n_users=args.users, n_items=args.items, n_communities=args.communities, seed=args.seed
@@ -118,6 +122,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     from hashrec.model.evaluate_cli import add_evaluate_parser  # cheap: argparse only
 
     add_evaluate_parser(sub)
+    register_export(sub)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    from hashrec.data import UserError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--index-param: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hashrec.data import UserError
+    from hashrec.index.bundle import BundleError
+    from hashrec.model.export import export_run
+
+    try:
+        path = export_run(
+            args.run_dir,
+            args.out,
+            index_type=args.index,
+            index_params=_parse_params(args.index_param),
+            keep=args.keep,
+            dtype="float16" if args.float16 else "float32",
+            **({"model_version": args.model_version} if args.model_version else {}),
+        )
+    except (BundleError, ValueError) as err:
+        raise UserError(str(err)) from err
+    print(path)
+    return 0
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    """Add ``export``."""
+    ex = sub.add_parser("export", help="export a training run as a versioned bundle (atomic publish)")
+    ex.add_argument("run_dir", help="training run directory (dataset/ + embeddings.npz)")
+    ex.add_argument("--out", required=True, help="bundles directory (versions + `current` symlink)")
+    ex.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="binary index type")
+    ex.add_argument(
+        "--index-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="index parameter, repeatable: ivf nlist/nprobe, hnsw M/efConstruction/efSearch",
+    )
+    ex.add_argument("--keep", type=int, default=5, help="bundle versions to keep (default 5)")
+    ex.add_argument(
+        "--float16", action="store_true", help="store re-rank vectors as float16 (served as float32)"
+    )
+    ex.add_argument("--model-version", default=None, help="model version label (default: run name@sha)")
+    ex.set_defaults(func=_cmd_export)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from hashrec.model.data import DataConfig, DataError
+from hashrec.data import DataConfig, DataError
 
 Encoder = Literal["lightgcn", "sage"]
 Ranking = Literal["bpr", "margin"]

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from hashrec.model.data import BipartiteGraph
+from hashrec.data import BipartiteGraph
 
 log = logging.getLogger(__name__)
 

@@ -1,32 +1,33 @@
 """``hashrec evaluate``: the LightGCN protocol on a trained run, in three retrieval modes.
 
-Protocol (GUIDE.md section 3): every user with a non-empty test row ranks *all* items; the items the user
-already knows (train + validation) are masked; Recall@K and NDCG@K (LightGCN definitions, see
-:mod:`hashrec.model.metrics`) are averaged over those users. Modes:
+Protocol (docs/evaluation.md): every user with a non-empty truth row ranks *all* items; the items the user
+already knows are masked; Recall@K and NDCG@K (LightGCN definitions, :mod:`hashrec.model.metrics`) are
+averaged over those users. Modes, all through the Retriever (:mod:`hashrec.index.retriever`), so what is
+measured is what is served:
 
-- ``continuous``: rank by the inner product of the continuous embeddings z (the model without its codes);
-- ``hamming``: rank by the Hamming distance of the codes ``sign(z)``; ties: smaller distance first, then
-  smaller item id (the rule of :mod:`hashrec.index.search`, the serving path);
-- ``hierarchical``: the paper's search: Hamming top-C, then re-rank those C by the continuous inner product
-  (ties: larger score first, then smaller item id), for each C.
+- ``continuous``: :meth:`Retriever.exact`, every item ranked by the re-rank vectors;
+- ``hamming``: :meth:`Retriever.recall` with C = K, ranking by the Hamming distance of the codes (ties:
+  smaller item id);
+- ``hierarchical``: :meth:`Retriever.recall` (Hamming top-C) then :meth:`Retriever.rerank`, for each C.
 
-The Hamming and hierarchical modes run the serving code path (the index's Hamming recall stage and re-rank
-stage) rather than a re-implementation, so what is measured is what is served. The Hamming top-``Cmax`` is
-computed once per batch of users; the top-C for smaller C is its prefix, since the (distance, id) order is
-total. The Hamming-only top-K is the same prefix with C = K.
+The Hamming top-``Cmax`` is computed once per batch of users; the top-C for smaller C, and the
+Hamming-only top-K, are its prefixes, since the (distance, id) order is total. Training validation calls
+:func:`rank_modes` too, on the validation users with the training items masked.
 
 Usage::
 
     hashrec evaluate runs/gowalla-default --json
     hashrec evaluate runs/gowalla-default --k 20 --candidates 50,100,200,500,1000
 
-Outputs RUN_DIR/eval.json, RUN_DIR/eval.md and RUN_DIR/eval_recall_vs_c.png.
+Outputs RUN_DIR/eval.json, RUN_DIR/eval.md and RUN_DIR/eval_recall_vs_c.png (``eval_valid.*`` for
+``--split valid``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,14 +38,18 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from .data import DataConfig, DataError, Dataset, load_dataset
-from .metrics import hit_matrix, recall_ndcg, topk_by_score
+from hashrec.data import DataConfig, DataError, Dataset, load_dataset
+from hashrec.index.retriever import Retriever
+
+from .metrics import hit_matrix, recall_ndcg
+from .run import Run, load_run
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CANDIDATES: tuple[int, ...] = (50, 100, 200, 500, 1000)
+MODES: tuple[str, ...] = ("continuous", "hamming", "hierarchical")
 HAMMING_TIE_RULE = "Hamming distance ascending, then item id ascending"
-RERANK_TIE_RULE = "inner product of z descending, then item id ascending"
+RERANK_TIE_RULE = "inner product of the re-rank vectors descending, then item id ascending"
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,8 @@ class EvalConfig:
         k: list length (Recall@k, NDCG@k).
         candidates: the C values of the hierarchical mode (each >= k; clipped to the number of items).
         split: ``test`` (mask train + validation, score on test) or ``valid`` (mask train, score on
-            validation: for model selection, never the test set).
-        batch_size: users per batch (memory ~ ``batch_size * n_items * 8`` bytes per stage).
+            validation, with the run's selection-time embeddings: never the test set).
+        batch_size: users per batch.
         progress: show a tqdm bar on stderr.
         index_type: FAISS binary index of the recall stage: ``flat`` (exact, the default) or an approximate
             ``ivf`` / ``hnsw`` with its default parameters, to measure the end-to-end effect of the index.
@@ -104,55 +109,65 @@ def parse_candidates(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-# -- the two serving stages ----------------------------------------------------------------------------
+# -- ranking in every mode -------------------------------------------------------------------------------
 
 
-class _Stages:
-    """The Retriever's Hamming recall stage and re-rank stage (the serving code path), on in-memory arrays."""
+def rank_modes(
+    retriever: Retriever,
+    users: np.ndarray,
+    k: int,
+    candidates: Sequence[int],
+    modes: Sequence[str] = MODES,
+    batch_size: int = 1024,
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Top-``k`` lists of internal ``users`` in each mode, their seen items excluded, and the seconds spent.
 
-    def __init__(
-        self, user_z: np.ndarray, item_z: np.ndarray, known: sp.csr_matrix, threads: int, index_type: str
-    ) -> None:
-        from hashrec.index.retriever import Retriever
-
-        # seen = the masked items: the Retriever excludes a user's seen items in its recall stage, exactly
-        # as the service does (exclude_seen=True)
-        self.retriever = Retriever.from_arrays(user_z, item_z, known, threads=threads, index_type=index_type)
-        self.user_z = user_z
-
-    def hamming(self, users: np.ndarray, c: int) -> np.ndarray:
-        """int64 [len(users), c] candidate ids by (distance, id); -1 where fewer than c items remain."""
-        _d, idx = self.retriever.recall_stage(users, c, exclude_seen=True)
-        return idx
-
-    def rerank(self, users: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
-        """int64 [len(users), k] of the candidates re-ranked by (score desc, id asc)."""
-        _s, top = self.retriever.rerank_stage(self.user_z[users], cand, k)
-        return top
-
-
-# -- evaluation on arrays ------------------------------------------------------------------------------
-
-
-def _check_embeddings(user_z: np.ndarray, item_z: np.ndarray, n_users: int, n_items: int, where: str) -> None:
-    from hashrec.index.codes import check_bits
-
-    for name, a, n in (("user_z", user_z, n_users), ("item_z", item_z, n_items)):
-        if a.ndim != 2:
-            raise DataError(f"{where}: {name} must be 2-D, got shape {a.shape}")
-        if a.shape[0] != n:
-            raise DataError(
-                f"{where}: {name} has {a.shape[0]} rows but the dataset has {n}; "
-                "the embeddings do not belong to this dataset"
-            )
-        if not np.isfinite(a).all():
-            raise DataError(f"{where}: {name} contains NaN or infinite values")
-    if user_z.shape[1] != item_z.shape[1]:
-        raise DataError(f"{where}: user_z has {user_z.shape[1]} dims but item_z has {item_z.shape[1]}")
-    try:
-        check_bits(int(user_z.shape[1]))
-    except ValueError as err:
-        raise DataError(f"{where}: {err}") from None
+    Returns:
+        (tops, timing): ``tops`` maps ``"continuous"``, ``"hamming"`` and ``"hierarchical@C"`` (each C of
+        ``candidates``, clipped to the number of items) to int64 [len(users), k] item ids (-1 = empty slot);
+        ``timing`` has ``continuous_s``, ``hamming_stage_s`` and ``rerank_s`` (per C).
+    """
+    n_items = retriever.n_items
+    k = min(k, n_items)
+    cs = sorted({min(c, n_items) for c in candidates})
+    tops: dict[str, np.ndarray] = {}
+    if "continuous" in modes:
+        tops["continuous"] = np.empty((len(users), k), np.int64)
+    if "hamming" in modes:
+        tops["hamming"] = np.empty((len(users), k), np.int64)
+    if "hierarchical" in modes:
+        tops.update({f"hierarchical@{c}": np.empty((len(users), k), np.int64) for c in cs})
+    t_cont = t_ham = 0.0
+    t_rerank = dict.fromkeys(cs, 0.0)
+    starts = range(0, len(users), batch_size)
+    for s in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        b = np.asarray(users[s : s + batch_size], dtype=np.int64)
+        rows = slice(s, s + len(b))
+        codes, vectors = retriever.user_rows(b)
+        seen = [retriever.seen_items(int(u)) for u in b]
+        if "continuous" in tops:
+            t = time.perf_counter()
+            tops["continuous"][rows] = retriever.exact(vectors, k, seen)[1]
+            t_cont += time.perf_counter() - t
+        if "hamming" not in tops and "hierarchical" not in modes:
+            continue
+        t = time.perf_counter()
+        # one Hamming pass at the largest C: smaller C (and the Hamming-only top-k) are its prefixes
+        _dist, cand = retriever.recall(codes, max(cs[-1], k), seen)
+        t_ham += time.perf_counter() - t
+        if "hamming" in tops:
+            tops["hamming"][rows] = cand[:, :k]
+        for c in cs if "hierarchical" in modes else ():
+            t = time.perf_counter()
+            tops[f"hierarchical@{c}"][rows] = retriever.rerank(vectors, cand[:, :c], k)[1]
+            t_rerank[c] += time.perf_counter() - t
+    timing = {
+        "continuous_s": round(t_cont, 3),
+        "hamming_stage_s": round(t_ham, 3),
+        "rerank_s": {str(c): round(v, 3) for c, v in t_rerank.items()},
+    }
+    return tops, timing
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, n_items: int) -> float:
@@ -165,114 +180,62 @@ def _overlap(a: np.ndarray, b: np.ndarray, n_items: int) -> float:
     return float(hit_matrix(a, truth).sum(axis=1).mean() / k) if len(a) else 0.0
 
 
-def rank_all_modes(
-    user_z: np.ndarray,
-    item_z: np.ndarray,
-    known: sp.csr_matrix,
+def score_modes(
+    retriever: Retriever,
+    truth: sp.csr_matrix,
     users: np.ndarray,
     k: int,
     candidates: Sequence[int],
-    batch_size: int = 1024,
-    progress: bool = False,
-    threads: int | None = None,
-    index_type: str = "flat",
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Top-``k`` lists of the given users in every mode, and the seconds spent per stage.
+    modes: Sequence[str] = MODES,
+) -> dict[str, float]:
+    """``{"<mode>_recall": .., "<mode>_ndcg": ..}`` of :func:`rank_modes` (validation during training).
 
-    Returns:
-        (tops, timing): ``tops`` maps ``"continuous"``, ``"hamming"`` and ``"hierarchical@C"`` (each C of
-        ``candidates``, clipped to the number of items) to int64 [len(users), k] item ids (``-1`` = empty
-        slot); ``timing`` has ``continuous_s``, ``hamming_stage_s`` and ``rerank_s`` (per C).
-        ``threads`` is the FAISS thread count of the recall stage (default: all cores); ``index_type`` its
-        FAISS index (``flat`` = exact).
+    With several C the hierarchical figures are those of the largest.
     """
-    import os
-
-    threads = threads or os.cpu_count() or 1
-    n_items = item_z.shape[0]
-    k = min(k, n_items)
-    cs = sorted({min(c, n_items) for c in candidates})
-    t0 = time.perf_counter()
-    cont = topk_by_score(user_z, item_z, k, mask_csr=known, users=users, batch_size=batch_size)
-    t_cont = time.perf_counter() - t0
-
-    stages = _Stages(user_z, item_z, known, threads, index_type)
-    ham = np.empty((len(users), k), dtype=np.int64)
-    hier = {c: np.empty((len(users), k), dtype=np.int64) for c in cs}
-    t_ham = 0.0
-    t_rerank = dict.fromkeys(cs, 0.0)
-    starts = range(0, len(users), batch_size)
-    for s in tqdm(starts, desc="hamming + re-rank", unit="batch", disable=not progress, leave=False):
-        b = users[s : s + batch_size]
-        t = time.perf_counter()
-        # one Hamming pass at the largest C: smaller C (and the Hamming-only top-k) are its prefixes
-        cand = stages.hamming(b, cs[-1])
-        t_ham += time.perf_counter() - t
-        ham[s : s + len(b)] = cand[:, :k]
-        for c in cs:
-            t = time.perf_counter()
-            hier[c][s : s + len(b)] = stages.rerank(b, cand[:, :c], k)
-            t_rerank[c] += time.perf_counter() - t
-    tops = {"continuous": cont, "hamming": ham, **{f"hierarchical@{c}": v for c, v in hier.items()}}
-    timing = {
-        "continuous_s": round(t_cont, 3),
-        "hamming_stage_s": round(t_ham, 3),
-        "rerank_s": {str(c): round(v, 3) for c, v in t_rerank.items()},
-    }
-    return tops, timing
+    tops, _timing = rank_modes(retriever, users, k, candidates, modes)
+    t = sp.csr_matrix(truth)[users]
+    out: dict[str, float] = {}
+    cmax = max(min(c, retriever.n_items) for c in candidates)
+    for name, top in tops.items():
+        mode, _, c = name.partition("@")
+        if c and int(c) != cmax:
+            continue
+        m = recall_ndcg(top, t, min(k, retriever.n_items))
+        out[f"{mode}_recall"], out[f"{mode}_ndcg"] = float(m["recall"]), float(m["ndcg"])
+    return out
 
 
-def evaluate_arrays(
-    user_z: np.ndarray,
-    item_z: np.ndarray,
-    known: sp.csr_matrix,
-    truth: sp.csr_matrix,
-    cfg: EvalConfig | None = None,
+def evaluate_retriever(
+    retriever: Retriever, truth: sp.csr_matrix, cfg: EvalConfig | None = None
 ) -> dict[str, Any]:
-    """Evaluate continuous, Hamming and hierarchical retrieval of one model.
+    """Evaluate the three modes of a Retriever whose seen items are the masked ones.
 
     Args:
-        user_z: float32 [n_users, K] continuous user outputs; the codes are ``sign(z)``.
-        item_z: float32 [n_items, K] continuous item outputs.
-        known: CSR [n_users, n_items] of the items masked at ranking time.
+        retriever: its codes, vectors and seen items (the mask: never recommended, never counted).
         truth: CSR [n_users, n_items] of the held-out items; users with an empty row are not evaluated.
         cfg: options (:class:`EvalConfig`).
 
     Returns:
         A JSON-ready dict: ``rows`` (one per mode and C: mode, candidates, k, recall, ndcg, precision,
         hit_rate, overlap_at_k = mean share of the continuous top-k found), ``users``, ``items``, ``bits``,
-        ``timing`` (seconds per stage and total) and the tie rules.
+        ``dim``, ``timing`` (seconds per stage and total) and the tie rules.
     """
     cfg = cfg or EvalConfig()
-    user_z = np.asarray(user_z, dtype=np.float32)
-    item_z = np.asarray(item_z, dtype=np.float32)
-    n_items = item_z.shape[0]
-    k = min(cfg.k, n_items)
-    known = sp.csr_matrix(known)
     truth = sp.csr_matrix(truth)
+    n_items = retriever.n_items
+    k = min(cfg.k, n_items)
     users = np.flatnonzero(np.diff(truth.indptr)).astype(np.int64)
     log.info(
-        "evaluating %d users x %d items, K=%d bits, C in %s",
+        "evaluating %d users x %d items, %d bits, C in %s",
         len(users),
         n_items,
-        user_z.shape[1],
+        retriever.bits,
         cfg.candidates,
     )
     t0 = time.perf_counter()
-    tops, timing = rank_all_modes(
-        user_z,
-        item_z,
-        known,
-        users,
-        k,
-        cfg.candidates,
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        index_type=cfg.index_type,
-    )
+    tops, timing = rank_modes(retriever, users, k, cfg.candidates, MODES, cfg.batch_size, cfg.progress)
     t_rank = time.perf_counter() - t0
     t = truth[users]
-    cont = tops["continuous"]
     rows: list[dict[str, Any]] = []
     for name, top in tops.items():
         mode, _, c = name.partition("@")
@@ -286,7 +249,7 @@ def evaluate_arrays(
                 "ndcg": m["ndcg"],
                 "precision": m["precision"],
                 "hit_rate": m["hit_rate"],
-                "overlap_at_k": _overlap(top, cont, n_items),
+                "overlap_at_k": _overlap(top, tops["continuous"], n_items),
             }
         )
     timing["total_s"] = round(t_rank, 3)
@@ -294,10 +257,10 @@ def evaluate_arrays(
         "rows": rows,
         "users": len(users),
         "items": n_items,
-        "bits": int(user_z.shape[1]),
+        "bits": retriever.bits,
+        "dim": retriever.bundle.dim,
         "k": k,
-        "split": cfg.split,
-        "index_type": cfg.index_type,
+        "index_type": retriever.bundle.index_type,
         "protocol": "all-item ranking, known items masked, LightGCN Recall@K / NDCG@K (IDCG over min(|test|, K))",
         "hamming_tie_rule": HAMMING_TIE_RULE,
         "rerank_tie_rule": RERANK_TIE_RULE,
@@ -305,51 +268,31 @@ def evaluate_arrays(
     }
 
 
+def evaluate_arrays(
+    user_z: np.ndarray,
+    item_z: np.ndarray,
+    known: sp.csr_matrix,
+    truth: sp.csr_matrix,
+    cfg: EvalConfig | None = None,
+    *,
+    user_vectors: np.ndarray | None = None,
+    item_vectors: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_retriever` on arrays: codes ``sign(z)``, re-rank vectors (default ``z``), mask ``known``."""
+    cfg = cfg or EvalConfig()
+    retriever = Retriever.from_arrays(
+        user_z,
+        item_z,
+        known,
+        user_vectors=user_vectors,
+        item_vectors=item_vectors,
+        index_type=cfg.index_type,
+        threads=os.cpu_count() or 1,
+    )
+    return {**evaluate_retriever(retriever, truth, cfg), "split": cfg.split}
+
+
 # -- run directories -----------------------------------------------------------------------------------
-
-
-def load_run_arrays(
-    run_dir: str | Path, data_path: str | Path | None = None
-) -> tuple[Dataset, np.ndarray, np.ndarray]:
-    """(dataset, user_z, item_z) of a run directory (``dataset/`` + ``embeddings.npz``).
-
-    With ``data_path`` the dataset is reloaded from that path with the run's saved loading options (or the
-    defaults when the run saved none) and must have the run's fingerprint (same ids and splits).
-    Raises DataError naming the file when something is missing, unreadable or does not match.
-    """
-    rd = Path(run_dir)
-    if not rd.is_dir():
-        raise DataError(f"{rd}: no such run directory")
-    saved: Dataset | None = None
-    if (rd / "dataset" / "dataset.json").is_file():
-        saved = Dataset.load(rd / "dataset")
-    if data_path is not None:
-        base = saved.config.to_json() if saved is not None and saved.config is not None else {}
-        ds = load_dataset(DataConfig(**{**base, "path": str(data_path)}))
-        if saved is not None and saved.fingerprint() != ds.fingerprint():
-            raise DataError(
-                f"{rd / 'dataset'}: the run was trained on different data, ids or splits than {data_path} "
-                "(fingerprints differ); evaluate on the run's own dataset (omit --data)"
-            )
-    elif saved is not None:
-        ds = saved
-    else:
-        raise DataError(f"{rd / 'dataset'}: the run directory has no saved dataset; pass --data PATH")
-    emb = rd / "embeddings.npz"
-    if not emb.is_file():
-        raise DataError(f"{emb}: missing (training has not finished; embeddings are written at the end)")
-    try:
-        with np.load(emb, allow_pickle=False) as z:
-            missing = [key for key in ("user_z", "item_z") if key not in z.files]
-            if missing:
-                raise DataError(f"{emb}: missing array(s) {', '.join(missing)} (found {', '.join(z.files)})")
-            user_z, item_z = z["user_z"], z["item_z"]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{emb}: cannot be read: {err}") from err
-    _check_embeddings(user_z, item_z, ds.n_users, ds.n_items, str(emb))
-    return ds, user_z.astype(np.float32), item_z.astype(np.float32)
 
 
 def split_matrices(ds: Dataset, split: Literal["test", "valid"]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -359,16 +302,35 @@ def split_matrices(ds: Dataset, split: Literal["test", "valid"]) -> tuple[sp.csr
     return ds.graph("train").user_items, ds.graph("valid").user_items
 
 
+def _check_data(run: Run, data_path: str | Path) -> None:
+    base = run.dataset.config.to_json() if run.dataset.config is not None else {}
+    ds = load_dataset(DataConfig(**{**base, "path": str(data_path)}))
+    if ds.fingerprint() != run.dataset.fingerprint():
+        raise DataError(
+            f"{run.path / 'dataset'}: the run was trained on different data, ids or splits than {data_path} "
+            "(fingerprints differ); evaluate on the run's own dataset (omit --data)"
+        )
+
+
 def evaluate_run(
     run_dir: str | Path, cfg: EvalConfig | None = None, data_path: str | Path | None = None
 ) -> dict[str, Any]:
-    """Evaluate a run directory (see :func:`evaluate_arrays`); adds ``run_dir`` and ``dataset`` keys."""
+    """Evaluate a run directory (see :func:`evaluate_retriever`); adds ``run_dir`` and ``dataset`` keys.
+
+    ``data_path``: reload the dataset from there with the run's loading options and refuse it unless it is
+    the run's own (same fingerprint). Raises DataError (a RunError) naming the broken or missing file.
+    """
     cfg = cfg or EvalConfig()
-    ds, user_z, item_z = load_run_arrays(run_dir, data_path)
+    run = load_run(run_dir)
+    if data_path is not None:
+        _check_data(run, data_path)
+    ds = run.dataset
     mask, truth = split_matrices(ds, cfg.split)
     if truth.nnz == 0:
         raise DataError(f"{run_dir}: the dataset has no {cfg.split} interactions to evaluate on")
-    out = evaluate_arrays(user_z, item_z, mask, truth, cfg)
+    out = evaluate_arrays(
+        run.user_z, run.item_z, mask, truth, cfg, user_vectors=run.user_vectors, item_vectors=run.item_vectors
+    )
     return {"run_dir": str(run_dir), "dataset": ds.name, **out}
 
 

@@ -10,7 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from hashrec.cli import UserError
+    from hashrec.data import UserError
     from hashrec.model.evaluate import (
         EvalConfig,
         evaluate_run,

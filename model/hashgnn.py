@@ -4,7 +4,7 @@ API (PyG-LightGCN style):
 
 - :meth:`HashGNN.embed` -> continuous codes ``z`` (tanh outputs) of a batch's users and items;
 - :meth:`HashGNN.embed_all` -> ``z`` of every user and item (numpy, deterministic): what ``embeddings.npz``
-  holds; the binary codes are ``sign(z)`` (:mod:`hashrec.index.codes`);
+  holds; the binary codes are ``sign(z)`` (:mod:`hashrec.data.codes`);
 - :meth:`HashGNN.score` -> ``scale * <h_u, h_i> / K`` for codes or continuous vectors;
 - :meth:`HashGNN.loss` -> the weighted training losses of one batch at a given code probability;
 - :meth:`HashGNN.foldin` -> the arrays that encode a user the model never saw from its item list.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hashrec.model.config import TrainConfig
-from hashrec.model.data import BipartiteGraph
+from hashrec.data import BipartiteGraph
 from hashrec.model.encoders import LightGCNEncoder, SageEncoder
 from hashrec.model.hashing import HashLayer, guided_codes, ste_sign
 from hashrec.model.losses import (
@@ -223,7 +223,7 @@ class HashGNN(nn.Module):
     # -- new users ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def foldin(self, user_items: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Fold-in arrays (docs/architecture.md): ``z = tanh(W (sum_{i in I} f_i / |I|^p) + b)``.
+        """Fold-in arrays (:class:`hashrec.index.bundle.FoldIn`): ``z = tanh(W (sum_{i in I} f_i / |I|^p) + b)``.
 
         - LightGCN: exact (see :meth:`LightGCNEncoder.foldin_items`): ``f`` from the item embeddings,
           ``p = 0.5``, ``W, b`` = the user hash layer.
@@ -251,11 +251,15 @@ class HashGNN(nn.Module):
             reg = 1e-3 * np.eye(x1.shape[1])
             coef = np.linalg.solve(x1.T @ x1 + reg, x1.T @ target)  # [d + 1, K]
             w, bias, power = coef[:-1].T, coef[-1], 1.0
+        w32, b32 = np.asarray(w, np.float32), np.asarray(bias, np.float32)
         return {
             "foldin_item": np.asarray(f, np.float32),
-            "foldin_weight": np.asarray(w, np.float32),
-            "foldin_bias": np.asarray(bias, np.float32),
             "foldin_power": np.asarray(power, np.float32),
+            # one hash layer is both the code head and the re-rank head
+            "foldin_code_weight": w32,
+            "foldin_code_bias": b32,
+            "foldin_vector_weight": w32,
+            "foldin_vector_bias": b32,
         }
 
 
@@ -272,13 +276,4 @@ def _pairs(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, c
 
 
-def foldin_encode(arrays: dict[str, np.ndarray], items: np.ndarray) -> np.ndarray:
-    """z (float32 [K]) of a new user from its item ids, with the arrays of :meth:`HashGNN.foldin`."""
-    items = np.asarray(items, np.int64)
-    if len(items) == 0:
-        raise ValueError("fold-in needs at least one item")
-    agg = arrays["foldin_item"][items].sum(axis=0) / float(len(items)) ** float(arrays["foldin_power"])
-    return np.tanh(arrays["foldin_weight"] @ agg + arrays["foldin_bias"]).astype(np.float32)
-
-
-__all__ = ["HashGNN", "foldin_encode", "ste_sign"]
+__all__ = ["HashGNN", "ste_sign"]

@@ -1,7 +1,7 @@
 """The hash layer and the straight-through estimator with continuous guidance (HashGNN section 3.2).
 
 - ``z = tanh(W h + b)`` (K dims): the continuous code; the binary code is ``b = sign(z)`` with ``sign(0) = +1``
-  (the convention of :mod:`hashrec.index.codes`, so training, bundles and FAISS agree bit for bit).
+  (the convention of :mod:`hashrec.data.codes`, so training, bundles and FAISS agree bit for bit).
 - Straight-through estimator: the forward pass uses ``sign(z)``, the backward pass treats sign as the
   identity (``d b / d z = 1``), written ``z + (sign(z) - z).detach()``.
 - Continuous guidance: during training each example (or each bit) uses the code ``b`` with probability

@@ -9,8 +9,9 @@ Layout (docs/architecture.md)::
       best.pt          model weights of the best validation result
       metrics.jsonl    one JSON object per epoch
       curves.png       training curves
-      embeddings.npz   from best.pt: user_z [n_users, K], item_z [n_items, K] float32 (tanh outputs; codes are
-                       sign(z)), plus the fold-in arrays foldin_item / foldin_weight / foldin_bias / foldin_power
+      embeddings.npz   from best.pt: user_z [n_users, K], item_z [n_items, K] float32 (the code head's tanh
+                       outputs; codes are sign(z)), user_vectors / item_vectors (the re-rank head; absent
+                       when it is the code head) and the fold-in arrays (FOLDIN_KEYS)
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a run killed at any
 moment leaves either the old or the new file, never half of one.
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from hashrec.data import DataError, Dataset
+from hashrec.index.bundle import FoldIn
 from hashrec.model.config import ConfigError, TrainConfig
-from hashrec.model.data import DataError, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ BEST = "best.pt"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 EMBEDDINGS = "embeddings.npz"
+FOLDIN_KEYS = (
+    "foldin_item",
+    "foldin_power",
+    "foldin_code_weight",
+    "foldin_code_bias",
+    "foldin_vector_weight",
+    "foldin_vector_bias",
+)
 
 
 class RunError(DataError):
@@ -161,14 +171,16 @@ def plot_curves(run_dir: Path) -> None:
 
 @dataclass
 class Run:
-    """A finished (or in-progress) training run, as the index and evaluation code need it."""
+    """A finished training run, as evaluation and export need it."""
 
     path: Path
     config: TrainConfig
     dataset: Dataset
     user_z: np.ndarray
     item_z: np.ndarray
-    foldin: dict[str, np.ndarray]
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    foldin: FoldIn | None
     metrics: list[dict[str, Any]]
 
     @property
@@ -177,36 +189,68 @@ class Run:
         return int(self.user_z.shape[1])
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory: config, dataset, embeddings (user_z, item_z, fold-in arrays), metrics.
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise RunError(f"{path}: missing (training has not finished; embeddings are written at the end)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise RunError(f"{path}: cannot read: {err}") from err
 
-    Raises RunError naming the missing or broken file (e.g. a run still training has no embeddings.npz).
+
+def _rows(
+    path: Path, arrays: dict[str, np.ndarray], key: str, n: int, width: int | None = None
+) -> np.ndarray:
+    if key not in arrays:
+        raise RunError(f"{path}: missing array {key!r}")
+    a = arrays[key]
+    if a.ndim != 2 or a.shape[0] != n or (width is not None and a.shape[1] != width):
+        raise RunError(f"{path}: {key} has shape {a.shape}, expected ({n}, {width or 'K'})")
+    if not np.isfinite(a).all():
+        raise RunError(f"{path}: {key} contains NaN or infinite values")
+    return a.astype(np.float32)
+
+
+def _foldin(path: Path, arrays: dict[str, np.ndarray]) -> FoldIn | None:
+    present = [k for k in FOLDIN_KEYS if k in arrays]
+    if not present:
+        return None
+    if len(present) != len(FOLDIN_KEYS):
+        log.warning("%s: incomplete fold-in arrays %s; no fold-in", path, present)
+        return None
+    return FoldIn(
+        item=arrays["foldin_item"],
+        power=float(arrays["foldin_power"]),
+        code_weight=arrays["foldin_code_weight"],
+        code_bias=arrays["foldin_code_bias"],
+        vector_weight=arrays["foldin_vector_weight"],
+        vector_bias=arrays["foldin_vector_bias"],
+    )
+
+
+def load_run(run_dir: str | Path, embeddings: str = EMBEDDINGS) -> Run:
+    """Read a run directory: config, dataset, embeddings (codes' z, re-rank vectors, fold-in), metrics.
+
+    ``embeddings``: which file of the run (``embeddings.npz``, or another set written beside it). Raises
+    RunError naming the missing or broken file (e.g. a run still training has no embeddings.npz).
     """
     d = Path(run_dir)
     if not d.is_dir():
         raise RunError(f"{d}: no such run directory")
     cfg = read_config(d)
     ds = Dataset.load(d / DATASET)
-    path = d / EMBEDDINGS
-    if not path.exists():
-        raise RunError(f"{path}: missing (training has not finished; embeddings are written at the end)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise RunError(f"{path}: cannot read: {err}") from err
-    for key, n in (("user_z", ds.n_users), ("item_z", ds.n_items)):
-        if key not in arrays:
-            raise RunError(f"{path}: missing array {key!r}")
-        if arrays[key].ndim != 2 or arrays[key].shape[0] != n:
-            raise RunError(f"{path}: {key} has shape {arrays[key].shape}, expected ({n}, K)")
-    foldin = {k: v for k, v in arrays.items() if k.startswith("foldin_")}
-    return Run(
-        d,
-        cfg,
-        ds,
-        arrays["user_z"].astype(np.float32),
-        arrays["item_z"].astype(np.float32),
-        foldin,
-        read_metrics(d),
+    path = d / embeddings
+    arrays = _read_npz(path)
+    user_z = _rows(path, arrays, "user_z", ds.n_users)
+    if user_z.shape[1] % 8 or user_z.shape[1] == 0:
+        raise RunError(
+            f"{path}: user_z has {user_z.shape[1]} columns; a code length must be a positive multiple of 8"
+        )
+    item_z = _rows(path, arrays, "item_z", ds.n_items, user_z.shape[1])
+    has_vectors = "user_vectors" in arrays or "item_vectors" in arrays
+    user_vectors = _rows(path, arrays, "user_vectors", ds.n_users) if has_vectors else user_z
+    item_vectors = (
+        _rows(path, arrays, "item_vectors", ds.n_items, user_vectors.shape[1]) if has_vectors else item_z
     )
+    return Run(d, cfg, ds, user_z, item_z, user_vectors, item_vectors, _foldin(path, arrays), read_metrics(d))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashrec.model.data import BipartiteGraph
+from hashrec.data import BipartiteGraph
 
 
 class NegativeSampler:

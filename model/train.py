@@ -36,15 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from hashrec.data import Dataset, load_dataset
+from hashrec.index.retriever import Retriever
 from hashrec.model import run as rundir
 from hashrec.model.config import TrainConfig
-from hashrec.model.data import Dataset, load_dataset
+from hashrec.model.evaluate import score_modes
 from hashrec.model.hashgnn import HashGNN
 from hashrec.model.hashing import code_probability
 from hashrec.model.optim import RowAdam
 from hashrec.model.run import RunError
 from hashrec.model.sampling import NegativeSampler, edge_batches
-from hashrec.model.validation import evaluate_modes, sample_users
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,15 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return dict(rng.bit_generator.state)
+
+
+def sample_users(truth: Any, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` users (sorted) that have validation items, chosen with ``seed`` (0 = all of them)."""
+    have = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if n == 0 or n >= len(have):
+        return have
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(have, n, replace=False))
 
 
 def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optimizer]:
@@ -216,14 +226,13 @@ class Trainer:
             return {}
         uz, iz = self.model.embed_all()
         modes = ("continuous",) if self.cfg.continuous else ("continuous", "hamming", "hierarchical")
-        return evaluate_modes(
-            uz,
-            iz,
-            self.graph.user_items,
+        retriever = Retriever.from_arrays(uz, iz, self.graph.user_items, threads=torch.get_num_threads())
+        return score_modes(
+            retriever,
             self.valid_truth,
             self.valid_users,
             self.cfg.select_k,
-            self.cfg.select_candidates,
+            [self.cfg.select_candidates],
             modes,
         )
 

@@ -22,7 +22,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
     """Settings from the environment, overridden by the flags given; exits 2 naming a bad field."""
     from pydantic import ValidationError
 
-    from hashrec.cli import UserError
+    from hashrec.data import UserError
 
     from .settings import Settings
 
@@ -102,7 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _read_users(path: Path) -> list[str]:
-    from hashrec.cli import UserError
+    from hashrec.data import UserError
 
     users: list[str] = []
     try:
@@ -122,7 +122,7 @@ def _read_users(path: Path) -> list[str]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hashrec.cli import UserError
+    from hashrec.data import UserError
 
     from .app import limit_native_threads
     from .export_stream import write_candidates

@@ -38,37 +38,16 @@ log = logging.getLogger(__name__)
 _OVERLAP_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 
-def exact_top_k(bundle: Any, user: str, k: int, exclude_seen: bool = True) -> list[str] | None:
-    """The exact continuous top-``k`` raw item ids of a known user (None when the user is unknown).
-
-    Every item is scored by ``<z_u, z_i>``; the user's seen items are dropped when ``exclude_seen``; order
-    is score descending, then internal item id ascending (the Retriever's tie rule).
-    """
-    uidx = int(bundle.users.to_internal([user])[0])
-    if uidx < 0:
+def exact_top_k(retriever: Any, user: str, k: int, exclude_seen: bool = True) -> list[str] | None:
+    """The exact top-``k`` raw item ids of a known user (None when the user is unknown):
+    :meth:`hashrec.index.retriever.Retriever.exact`, every item scored by the re-rank vectors."""
+    uidx = retriever.bundle.users.get(user)
+    if uidx is None:
         return None
-    z_u = np.asarray(bundle.user_z[uidx], dtype=np.float32)
-    item_z = bundle.item_z
-    scores = (
-        np.asarray(item_z @ z_u, dtype=np.float32)
-        if item_z.dtype == np.float32
-        else (np.asarray(item_z, dtype=np.float32) @ z_u)
-    )
-    if exclude_seen:
-        seen = bundle.seen
-        lo, hi = int(seen.indptr[uidx]), int(seen.indptr[uidx + 1])
-        scores = scores.copy()
-        scores[np.asarray(seen.indices[lo:hi], dtype=np.int64)] = -np.inf
-    n_valid = int(np.isfinite(scores).sum())
-    k = min(k, n_valid)
-    if k <= 0:
-        return []
-    part = np.argpartition(-scores, k - 1)[:k]
-    kth = scores[part].min()
-    # ties at the boundary: take every item with the k-th score, then order by (score desc, id asc)
-    pool = np.union1d(part, np.flatnonzero(scores == kth))
-    order = np.lexsort((pool, -scores[pool]))[:k]
-    return [str(bundle.items.raw[i]) for i in pool[order]]
+    _codes, vectors = retriever.user_rows(np.array([uidx]))
+    exclude = [retriever.seen_items(uidx)] if exclude_seen else None
+    _scores, top = retriever.exact(vectors, k, exclude)
+    return retriever.bundle.items.to_raw(top[0][top[0] >= 0])
 
 
 def overlap(served: Sequence[str], exact: Sequence[str]) -> float:
@@ -114,10 +93,10 @@ class QualityMonitor:
         return self.sample_rate > 0.0 and self._rng.random() < self.sample_rate
 
     def measure(
-        self, bundle: Any, user: str, served: Sequence[str], k: int, exclude_seen: bool
+        self, retriever: Any, user: str, served: Sequence[str], k: int, exclude_seen: bool
     ) -> float | None:
         """Compute and record the overlap of one answer now (blocking); None when the user is unknown."""
-        exact = exact_top_k(bundle, user, k, exclude_seen)
+        exact = exact_top_k(retriever, user, k, exclude_seen)
         if exact is None:
             return None
         value = overlap(served, exact)
@@ -125,7 +104,7 @@ class QualityMonitor:
         self.samples.labels("measured").inc()
         return value
 
-    def submit(self, bundle: Any, user: str, served: Sequence[str], k: int, exclude_seen: bool) -> None:
+    def submit(self, retriever: Any, user: str, served: Sequence[str], k: int, exclude_seen: bool) -> None:
         """Measure in the background (call from the event loop after :meth:`sampled`); never raises, never
         blocks the caller; dropped (``skipped``) when ``max_pending`` measurements are already running."""
         if self._pending >= self.max_pending:
@@ -133,7 +112,9 @@ class QualityMonitor:
             return
         self._pending += 1
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, self.measure, bundle, user, list(served), k, exclude_seen)
+        fut = loop.run_in_executor(
+            self.executor, self.measure, retriever, user, list(served), k, exclude_seen
+        )
         fut.add_done_callback(self._done)
 
     def _done(self, fut: asyncio.Future[float | None]) -> None:

@@ -168,7 +168,7 @@ class Recommender:
                     body = items_json(rec)
                     q = self.ctx.quality
                     if q is not None and q.sampled():  # exact top-k in the background (quality_monitor.py)
-                        q.submit(snap.bundle, users[pos], rec.items, p.k, p.exclude_seen)
+                        q.submit(snap.retriever, users[pos], rec.items, p.k, p.exclude_seen)
                     fresh.append(
                         (answer_key(snap.version, users[pos], p.k, p.candidates, p.exclude_seen), body)
                     )
@@ -206,7 +206,7 @@ class Recommender:
         r = snap.retriever
         out: list[bytes | None] = [None] * len(new_users)
         try:
-            folded = await self._run(r.fold_in_detailed, [nu.items for nu in new_users])
+            folded = await self._run(r.encode_new, [nu.items for nu in new_users])
         except FoldInUnavailable as err:
             return [await self.fallback(snap, nu.key, p, f"fold-in unavailable: {err}") for nu in new_users]
         rows = [pos for pos, used in enumerate(folded.items) if len(used)]
@@ -216,8 +216,9 @@ class Recommender:
                     snap, new_users[pos].key, p, "none of the given items is known to the model"
                 )
         if rows:
-            exclude = [folded.items[pos] for pos in rows] if p.exclude_seen else None
-            recs = await self._run(r.recommend_vectors, folded.z[rows], p.k, p.candidates, exclude=exclude)
+            recs = await self._run(
+                r.recommend_new, folded.subset(rows), p.k, p.candidates, exclude_given=p.exclude_seen
+            )
             for pos, rec in zip(rows, recs, strict=True):
                 dropped = folded.unknown[pos]
                 reason = f"{dropped} unknown item id(s) ignored" if dropped else None

@@ -58,38 +58,6 @@ class Snapshot:
 Observer = Callable[[str, float], None]
 
 
-def _timed_retriever_class() -> type:
-    """A Retriever that reports its two stages' wall times (``recall``, ``rerank``) to an observer.
-
-    It wraps the Retriever's internal ``_recall``/``_rerank`` steps, the only places where the two stages
-    are separate; the answers are the Retriever's own, unchanged.
-    """
-    from hashrec.index.retriever import Retriever
-
-    class TimedRetriever(Retriever):
-        """The Retriever, its recall and re-rank steps timed."""
-
-        observe: Observer | None = None
-
-        def _recall(self, *args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return super()._recall(*args, **kwargs)
-            finally:
-                if self.observe is not None:
-                    self.observe("recall", time.perf_counter() - t0)
-
-        def _rerank(self, *args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return super()._rerank(*args, **kwargs)
-            finally:
-                if self.observe is not None:
-                    self.observe("rerank", time.perf_counter() - t0)
-
-    return TimedRetriever
-
-
 def load_snapshot(
     bundles_dir: Path,
     version: str | None = None,
@@ -104,6 +72,7 @@ def load_snapshot(
     refused before it serves anyone. Raises :class:`BundleLoadError` naming the file and the reason.
     """
     from hashrec.index.bundle import BundleError, load_bundle, resolve_bundle_dir
+    from hashrec.index.retriever import Retriever
 
     t0 = time.perf_counter()
     try:
@@ -117,8 +86,7 @@ def load_snapshot(
                 f"{root}; refused"
             )
         bundle = load_bundle(path, mmap=mmap)
-        retriever = _timed_retriever_class()(bundle, threads=threads)
-        retriever.observe = observe
+        retriever = Retriever(bundle, threads=threads, observe=observe)
     except BundleError as err:
         raise BundleLoadError(str(err)) from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hashrec.bench.server_process import RedisProcess
-from hashrec.model.data import Dataset
-from hashrec.model.data.synthetic import SyntheticConfig, synthetic_dataset
+from support import RedisProcess
+from hashrec.data import Dataset
+from hashrec.data.synthetic import SyntheticConfig, synthetic_dataset
 
 
 @pytest.fixture(scope="session")

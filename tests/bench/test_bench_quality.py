@@ -12,7 +12,7 @@ import pytest
 from hashrec.bench.quality import check_targets, run_info
 from hashrec.cli import main
 from hashrec.model.baselines import svd_embeddings
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 def make_run(ds: Dataset, out: Path, preset: str, elapsed: float, epochs: int, done: int) -> Path:

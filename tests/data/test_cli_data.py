@@ -11,7 +11,7 @@ from pathlib import Path
 
 def hashrec(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hashrec.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hashrec", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -56,6 +56,6 @@ def test_synth_then_stats(tmp_path: Path) -> None:
 def test_every_subcommand_has_help() -> None:
     out = hashrec("--help")
     assert out.returncode == 0
-    for cmd in ("data", "demo", "bench"):
+    for cmd in ("data", "train", "evaluate", "export", "bundle", "serve", "export-candidates", "demo"):
         assert cmd in out.stdout
         assert hashrec(cmd, "--help").returncode == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashrec.model.data import DataConfig, DataError, Dataset, IdMap, load_dataset
+from hashrec.data import DataConfig, DataError, Dataset, IdMap, load_dataset
 
 
 def pairs(users: np.ndarray, items: np.ndarray) -> set[tuple[int, int]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashrec.model.data import BipartiteGraph, Dataset
-from hashrec.model.data.synthetic import SyntheticConfig, generate
+from hashrec.data import BipartiteGraph, Dataset
+from hashrec.data.synthetic import SyntheticConfig, generate
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

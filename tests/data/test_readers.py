@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashrec.model.data import DataError, DataFormatError
-from hashrec.model.data.readers import read_adjacency_lists, read_delimited, sniff_separator
+from hashrec.data import DataError, DataFormatError
+from hashrec.data.readers import read_adjacency_lists, read_delimited, sniff_separator
 
 
 def write(path: Path, text: str, gz: bool = False) -> Path:

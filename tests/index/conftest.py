@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from index_helpers import write_run
+from support import write_run
 
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 @pytest.fixture()

@@ -11,12 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_helpers import random_z
+from support import random_z
 
-from hashrec.index import BundleError, Retriever, build_bundle, export_run, load_bundle, resolve_bundle_dir
-from hashrec.index.bundle import CURRENT, FORMAT_VERSION, list_versions
-from hashrec.index.export import prune, publish
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
+from hashrec.index.bundle import (
+    CURRENT,
+    FORMAT_VERSION,
+    BundleError,
+    list_versions,
+    load_bundle,
+    resolve_bundle_dir,
+)
+from hashrec.index.publish import build_bundle, prune, publish
+from hashrec.index.retriever import Retriever
+from hashrec.model.export import export_run
 
 
 @pytest.fixture()
@@ -30,8 +38,8 @@ def bundle_dir(tmp_path: Path, run_dir: Path) -> Path:
 def test_round_trip_same_arrays_and_answers(run_dir: Path, bundle_dir: Path, synth_dataset: Dataset) -> None:
     b = load_bundle(bundle_dir)
     emb = np.load(run_dir / "embeddings.npz")
-    np.testing.assert_array_equal(b.user_z, emb["user_z"])
-    np.testing.assert_array_equal(b.item_z, emb["item_z"])
+    np.testing.assert_array_equal(b.user_vectors, emb["user_z"])  # one head: the vectors are z
+    np.testing.assert_array_equal(b.item_vectors, emb["item_z"])
     assert b.users == synth_dataset.users and b.items == synth_dataset.items
     known = synth_dataset.graph("known").user_items
     assert (b.seen != (known != 0)).nnz == 0
@@ -39,7 +47,8 @@ def test_round_trip_same_arrays_and_answers(run_dir: Path, bundle_dir: Path, syn
     assert b.manifest["dataset_fingerprint"] == synth_dataset.fingerprint()
     assert b.manifest["format_version"] == FORMAT_VERSION and b.bits == 32
     assert b.foldin is not None and b.foldin.power == pytest.approx(0.5)
-    assert isinstance(b.user_z, np.memmap)  # memory-mapped, not read
+    assert not isinstance(b.user_vectors, np.memmap)
+    assert isinstance(load_bundle(bundle_dir, mmap=True).user_vectors, np.memmap)  # memory-mapped when asked
     # same answers as an in-memory Retriever over the same arrays
     mem = Retriever.from_arrays(
         emb["user_z"], emb["item_z"], known, user_ids=list(b.users.raw), item_ids=list(b.items.raw)
@@ -51,10 +60,10 @@ def test_round_trip_same_arrays_and_answers(run_dir: Path, bundle_dir: Path, syn
 def test_float16_bundle_is_served_as_float32(tmp_path: Path, run_dir: Path) -> None:
     path = export_run(run_dir, tmp_path / "b16", dtype="float16")
     b = load_bundle(path)
-    assert b.item_z.dtype == np.float32 and b.manifest["embedding_dtype"] == "float16"
+    assert b.item_vectors.dtype == np.float32 and b.manifest["vector_dtype"] == "float16"
     emb = np.load(run_dir / "embeddings.npz")
-    np.testing.assert_allclose(b.item_z, emb["item_z"], atol=1e-3)
-    assert np.load(path / "item_z.npy", mmap_mode="r").dtype == np.float16
+    np.testing.assert_allclose(b.item_vectors, emb["item_z"], atol=1e-3)
+    assert np.load(path / "item_vectors.npy", mmap_mode="r").dtype == np.float16
 
 
 def _version(bundle_dir: Path) -> Path:
@@ -63,10 +72,10 @@ def _version(bundle_dir: Path) -> Path:
 
 def test_corrupted_file_is_refused_naming_it(bundle_dir: Path) -> None:
     v = _version(bundle_dir)
-    data = bytearray((v / "item_z.npy").read_bytes())
+    data = bytearray((v / "item_vectors.npy").read_bytes())
     data[-5] ^= 0xFF
-    (v / "item_z.npy").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"item_z\.npy: sha256 does not match"):
+    (v / "item_vectors.npy").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"item_vectors\.npy: sha256 does not match"):
         load_bundle(bundle_dir)
 
 
@@ -99,8 +108,39 @@ def test_other_format_version_is_refused(bundle_dir: Path) -> None:
     m = json.loads((v / "manifest.json").read_text())
     m["format_version"] = FORMAT_VERSION + 1
     (v / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match=r"manifest\.json: bundle format version 2 is not supported"):
+    with pytest.raises(BundleError, match=r"manifest\.json: bundle format version 3 is not supported"):
         load_bundle(v)
+    m["format_version"] = 1  # the format before re-rank vectors were their own arrays
+    (v / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"version 1 is not supported .* export the run again"):
+        load_bundle(v)
+
+
+def test_version_must_be_the_directory_name(bundle_dir: Path) -> None:
+    v = _version(bundle_dir)
+    copy = v.parent / (v.name[:-1] + ("0" if v.name[-1] != "0" else "1"))
+    v.rename(copy)
+    with pytest.raises(BundleError, match="is not its directory's name"):
+        load_bundle(copy)
+
+
+def test_unlisted_file_is_refused(bundle_dir: Path) -> None:
+    """Every file the loader reads must be in the manifest's checksums."""
+    v = _version(bundle_dir)
+    m = json.loads((v / "manifest.json").read_text())
+    del m["files"]["popularity.npy"]
+    (v / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"popularity\.npy: read by the loader but not listed"):
+        load_bundle(v)
+
+
+def test_nan_vectors_are_refused(bundle_dir: Path) -> None:
+    v = _version(bundle_dir)
+    a = np.load(v / "item_vectors.npy")
+    a[3, 1] = np.inf
+    np.save(v / "item_vectors.npy", a)
+    with pytest.raises(BundleError, match=r"item_vectors\.npy: contains NaN or infinite values"):
+        load_bundle(v, verify_checksums=False)
 
 
 def test_shape_mismatch_is_refused(bundle_dir: Path) -> None:
@@ -172,8 +212,8 @@ def test_atomic_publish_reader_sees_old_or_new_never_a_mix(tmp_path: Path) -> No
         while not stop.is_set():
             try:
                 b = load_bundle(out)
-                marker = int(b.user_z[0, 0])
-                assert int(b.item_z[0, 0]) == marker
+                marker = int(b.user_vectors[0, 0])
+                assert int(b.item_vectors[0, 0]) == marker
                 assert b.manifest["model_version"] == f"m{marker}"
                 seen_markers.append(marker)
             except BaseException as err:  # the test's point: nothing may escape

@@ -7,13 +7,15 @@ import pytest
 import scipy.sparse as sp
 
 from hashrec.model.baselines import (
+    mask_scores,
+    topk_rows,
     item_filter_topk,
     normalized_interactions,
     popularity_topk,
     svd_embeddings,
 )
-from hashrec.model.data import Dataset
-from hashrec.model.metrics import recall_ndcg, topk_by_score
+from hashrec.data import Dataset
+from hashrec.model.metrics import recall_ndcg
 
 
 def random_binary(n: int, m: int, density: float, seed: int) -> sp.csr_matrix:
@@ -87,6 +89,30 @@ def test_item_filter_beats_popularity_on_planted_data(synth_dataset: Dataset) ->
     pop = recall_ndcg(popularity_topk(known, 20, users), test[users], 20)
     filt = recall_ndcg(item_filter_topk(known, 20, users, progress=False), test[users], 20)
     u, v = svd_embeddings(known, 16)
-    svd = recall_ndcg(topk_by_score(u, v, 20, known, users), test[users], 20)
+    scores = mask_scores((u[users] @ v.T).astype(np.float32), known[users])
+    svd = recall_ndcg(topk_rows(scores, 20), test[users], 20)
     assert filt["recall"] > 1.5 * pop["recall"]
     assert svd["recall"] > 1.5 * pop["recall"]
+
+
+def test_topk_rows_hand_computed_with_mask_and_ties() -> None:
+    # scores of row 0 = [1, 3, 3, 2, 3]; item 1 masked -> ties 2 and 4 at 3 (id asc), then 3, then 0
+    scores = np.array([[1.0, 3.0, 3.0, 2.0, 3.0], [-1.0, -3.0, -3.0, -2.0, -3.0]], np.float32)
+    mask = sp.csr_matrix(np.array([[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]]))
+    assert topk_rows(mask_scores(scores.copy(), mask), 3).tolist() == [[2, 4, 3], [0, 3, 1]]
+    # k cutting inside a tie: the smaller id wins
+    assert topk_rows(scores[:1], 1).tolist() == [[1]]
+    assert topk_rows(scores[:1], 2).tolist() == [[1, 2]]
+    # a fully masked tail is -1
+    full = sp.csr_matrix(np.array([[1, 1, 0, 1, 1]]))
+    assert topk_rows(mask_scores(scores[:1].copy(), full), 3).tolist() == [[2, -1, -1]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_rows_matches_brute_force_sort_with_integer_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-3, 4, size=(20, 53)).astype(np.float32)
+    got = topk_rows(scores, 10)
+    for row in range(20):
+        ids = sorted(range(53), key=lambda i: (-scores[row, i], i))
+        assert got[row].tolist() == ids[:10]

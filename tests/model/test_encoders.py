@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from hashrec.model.config import TrainConfig
-from hashrec.model.data import BipartiteGraph, DataConfig
+from hashrec.data import BipartiteGraph, DataConfig
 from hashrec.model.encoders import (
     LightGCNEncoder,
     SageEncoder,
@@ -16,7 +16,9 @@ from hashrec.model.encoders import (
     sample_neighbours,
     svd_init,
 )
-from hashrec.model.hashgnn import HashGNN, foldin_encode
+from hashrec.index.bundle import FoldIn
+from hashrec.index.retriever import Retriever
+from hashrec.model.hashgnn import HashGNN
 from hashrec.model.sampling import NegativeSampler
 
 
@@ -127,6 +129,22 @@ def test_svd_init_spans_the_top_singular_space() -> None:
     assert np.array_equal(ue, ue2)
 
 
+def folded_vector(
+    arrays: dict[str, np.ndarray], uz: np.ndarray, iz: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """The re-rank vector the serving path (Retriever.encode_new) computes for a new user with ``items``."""
+    fi = FoldIn(
+        item=arrays["foldin_item"],
+        power=float(arrays["foldin_power"]),
+        code_weight=arrays["foldin_code_weight"],
+        code_bias=arrays["foldin_code_bias"],
+        vector_weight=arrays["foldin_vector_weight"],
+        vector_bias=arrays["foldin_vector_bias"],
+    )
+    r = Retriever.from_arrays(uz, iz, foldin=fi)
+    return r.encode_new([[str(i) for i in items]]).vectors[0]
+
+
 def test_lightgcn_foldin_is_exact_for_a_user_without_id_embedding(tmp_path) -> None:  # type: ignore[no-untyped-def]
     g = random_graph(20, 16, 0.3, 5)
     cfg = TrainConfig.preset_config("default", DataConfig(path=str(tmp_path)), bits=8, emb_dim=6, layers=3)
@@ -134,21 +152,22 @@ def test_lightgcn_foldin_is_exact_for_a_user_without_id_embedding(tmp_path) -> N
     u = 7
     with torch.no_grad():  # fold-in assumes an unknown user has no ID embedding
         model.encoder.user_emb.weight[u] = 0.0
-    uz, _ = model.embed_all()
+    uz, iz = model.embed_all()
     arrays = model.foldin(g.user_items)
-    z = foldin_encode(arrays, g.items_of(u))
+    z = folded_vector(arrays, uz, iz, g.items_of(u))
     assert np.allclose(z, uz[u], atol=1e-5)
 
 
 def test_sage_foldin_arrays_have_the_contract_shapes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     g = random_graph(20, 16, 0.3, 6)
     cfg = TrainConfig.preset_config("paper", DataConfig(path=str(tmp_path)), bits=8)
-    arrays = HashGNN(cfg, g).foldin(g.user_items)
+    model = HashGNN(cfg, g)
+    arrays = model.foldin(g.user_items)
     assert arrays["foldin_item"].shape == (16, cfg.dense_dim)
-    assert arrays["foldin_weight"].shape == (8, cfg.dense_dim)
-    assert arrays["foldin_bias"].shape == (8,)
+    assert arrays["foldin_code_weight"].shape == (8, cfg.dense_dim)
+    assert arrays["foldin_code_bias"].shape == (8,)
     assert arrays["foldin_power"].shape == ()
-    z = foldin_encode(arrays, np.array([1, 2, 3]))
+    z = folded_vector(arrays, *model.embed_all(), np.array([1, 2, 3]))
     assert z.shape == (8,) and np.all(np.abs(z) < 1)
 
 

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from hashrec.cli import main
-from hashrec.index.codes import hamming, pack
+from hashrec.data import Dataset
+from hashrec.data.codes import distances, pack
+from hashrec.index.retriever import Retriever
 from hashrec.logs import setup_logging
 from hashrec.model.baselines import svd_embeddings
-from hashrec.model.data import Dataset
-from hashrec.model.evaluate import EvalConfig, evaluate_arrays, rank_all_modes
+from hashrec.model.config import TrainConfig
+from hashrec.model.evaluate import EvalConfig, evaluate_arrays, rank_modes
+from hashrec.model.run import save_config
 
 BITS = 16
 
@@ -26,6 +29,8 @@ def make_run(ds: Dataset, out: Path, bits: int = BITS) -> Path:
     # scale so that tanh keeps the ranking information (z must look like the hash layer's outputs)
     s = 1.0 / float(np.abs(v).max())
     out.mkdir(parents=True)
+    assert ds.config is not None
+    save_config(out, TrainConfig.preset_config("default", ds.config, bits=bits))
     ds.save(out / "dataset")
     np.savez(out / "embeddings.npz", user_z=np.tanh(u * s), item_z=np.tanh(v * s))
     return out
@@ -78,7 +83,7 @@ def test_hierarchical_with_all_items_equals_continuous(run_dir: Path, synth_data
     assert hier["recall"] == cont["recall"] and hier["ndcg"] == cont["ndcg"]
     assert hier["overlap_at_k"] == 1.0
     users = np.flatnonzero(np.diff(truth.indptr))
-    tops, _ = rank_all_modes(user_z, item_z, known, users, 20, [synth_dataset.n_items])
+    tops, _ = rank_modes(Retriever.from_arrays(user_z, item_z, known), users, 20, [synth_dataset.n_items])
     np.testing.assert_array_equal(tops[f"hierarchical@{synth_dataset.n_items}"], tops["continuous"])
 
 
@@ -87,8 +92,10 @@ def test_hamming_and_hierarchical_match_brute_force(run_dir: Path, synth_dataset
     known = synth_dataset.graph("known").user_items
     users = np.arange(0, synth_dataset.n_users, 7)
     k, c = 20, 60
-    tops, _ = rank_all_modes(user_z, item_z, known, users, k, [c, 200], batch_size=33)
-    dist = hamming(pack(user_z[users]), pack(item_z))  # byte-wise popcount reference
+    tops, _ = rank_modes(Retriever.from_arrays(user_z, item_z, known), users, k, [c, 200], batch_size=33)
+    dist = distances(
+        pack(user_z[users])[:, None, :], pack(item_z)[None, :, :]
+    )  # byte-wise popcount reference
     scores = user_z[users] @ item_z.T
     dense_known = known.toarray() != 0
     ties = 0
@@ -141,25 +148,27 @@ def test_bad_input_is_refused_with_a_clear_message(
 
     bad = tmp_path / "bad"
     bad.mkdir()
+    assert synth_dataset.config is not None
+    save_config(bad, TrainConfig.preset_config("default", synth_dataset.config, bits=16))
     synth_dataset.save(bad / "dataset")
     assert main(["evaluate", str(bad)]) == 2
     assert "embeddings.npz: missing" in caplog.text
     np.savez(bad / "embeddings.npz", user_z=np.zeros((3, 16), np.float32), item_z=np.zeros((400, 16)))
     assert main(["evaluate", str(bad)]) == 2
-    assert "embeddings.npz: user_z has 3 rows" in caplog.text
+    assert "embeddings.npz: user_z has shape (3, 16), expected (600, K)" in caplog.text
     u = np.zeros((synth_dataset.n_users, 12), np.float32)
     np.savez(bad / "embeddings.npz", user_z=u, item_z=np.zeros((400, 12), np.float32))
     assert main(["evaluate", str(bad)]) == 2
     assert "multiple of 8" in caplog.text
     (bad / "embeddings.npz").write_bytes(b"not a zip")
     assert main(["evaluate", str(bad)]) == 2
-    assert "embeddings.npz: cannot be read" in caplog.text
+    assert "embeddings.npz: cannot read" in caplog.text
 
 
 def test_data_option_must_match_the_runs_dataset(
     run_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from hashrec.model.data.synthetic import SyntheticConfig, generate, write_csv
+    from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
 
     other = write_csv(generate(SyntheticConfig(n_users=600, n_items=400, seed=99)), tmp_path / "o.csv")
     assert main(["evaluate", str(run_dir), "--data", str(other)]) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hashrec.model.metrics import hit_matrix, recall_ndcg, topk_by_score
+from hashrec.model.metrics import hit_matrix, recall_ndcg
 
 
 def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:
@@ -59,49 +59,3 @@ def test_recall_ndcg_rejects_bad_input() -> None:
         recall_ndcg(np.zeros((2, 3), np.int64), csr([[1]], 4), 3)
     with pytest.raises(ValueError, match="k must be"):
         recall_ndcg(np.zeros((1, 3), np.int64), csr([[1]], 4), 4)
-
-
-def test_topk_hand_computed_with_mask_and_ties() -> None:
-    # scores of user 0 = [1, 3, 3, 2, 3]; mask item 1 -> ties 2 and 4 at 3 (id asc), then 3, then 0
-    user = np.array([[1.0], [-1.0]])
-    item = np.array([[1.0], [3.0], [3.0], [2.0], [3.0]])
-    mask = csr([[1], []], 5)
-    top = topk_by_score(user, item, 3, mask_csr=mask)
-    assert top.tolist() == [[2, 4, 3], [0, 3, 1]]
-    # only some users, and k cutting inside a tie: the smaller id wins
-    assert topk_by_score(user, item, 1, users=np.array([0])).tolist() == [[1]]
-    assert topk_by_score(user, item, 2, users=np.array([0])).tolist() == [[1, 2]]
-
-
-def test_topk_fully_masked_tail_is_minus_one() -> None:
-    user = np.ones((1, 2), np.float32)
-    item = np.eye(2, dtype=np.float32).repeat(2, axis=0)  # 4 items
-    mask = csr([[0, 1, 3]], 4)
-    assert topk_by_score(user, item, 3, mask_csr=mask).tolist() == [[2, -1, -1]]
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("integer_scores", [False, True])
-def test_topk_matches_brute_force_sort(seed: int, integer_scores: bool) -> None:
-    rng = np.random.default_rng(seed)
-    n, m, d, k = 37, 53, 6, 10
-    u = rng.normal(size=(n, d)).astype(np.float32)
-    v = rng.normal(size=(m, d)).astype(np.float32)
-    if integer_scores:  # many ties: +-1 codes, like Hamming ranking
-        u, v = np.sign(u), np.sign(v)
-    mask = sp.random(n, m, density=0.2, random_state=seed, format="csr")
-    users = rng.permutation(n)[:20]
-    got = topk_by_score(u, v, k, mask_csr=mask, users=users, batch_size=7)
-    scores = (u @ v.T).astype(np.float32)
-    dense_mask = mask.toarray() != 0
-    for row, uid in enumerate(users):
-        ids = [i for i in range(m) if not dense_mask[uid, i]]
-        ids.sort(key=lambda i: (-scores[uid, i], i))
-        assert got[row].tolist() == ids[:k]
-
-
-def test_topk_validates_shapes() -> None:
-    with pytest.raises(ValueError, match="same width"):
-        topk_by_score(np.zeros((2, 3)), np.zeros((4, 2)), 2)
-    with pytest.raises(ValueError, match="mask_csr shape"):
-        topk_by_score(np.zeros((2, 3)), np.zeros((4, 3)), 2, mask_csr=csr([[1]], 4))

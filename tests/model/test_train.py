@@ -17,13 +17,13 @@ import torch
 
 from hashrec.model.baselines import popularity_topk
 from hashrec.model.config import ConfigError, TrainConfig
-from hashrec.model.data import DataConfig, Dataset
-from hashrec.model.data.synthetic import SyntheticConfig, generate, write_csv
-from hashrec.model.hashgnn import foldin_encode
+from hashrec.data import DataConfig, Dataset
+from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
+from hashrec.index.retriever import Retriever
 from hashrec.model.metrics import recall_ndcg
 from hashrec.model.run import RunError, load_run
 from hashrec.model.train import train
-from hashrec.model.validation import evaluate_modes
+from hashrec.model.evaluate import score_modes
 
 HASHREC = str(Path(sys.executable).with_name("hashrec"))
 
@@ -157,11 +157,17 @@ def test_run_dir_layout_and_load_run(small_csv: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in run.metrics] == [1, 2]
     for key in ("losses", "valid", "elapsed_s", "code_prob"):
         assert key in run.metrics[0]
-    assert set(run.foldin) == {"foldin_item", "foldin_weight", "foldin_bias", "foldin_power"}
+    assert run.foldin is not None
     u = 5
-    z = foldin_encode(run.foldin, run.dataset.graph("train").items_of(u))
+    r = Retriever.from_arrays(
+        run.user_z,
+        run.item_z,
+        foldin=run.foldin,
+        item_ids=run.dataset.items.to_raw(range(run.dataset.n_items)),
+    )
+    new = r.encode_new([run.dataset.items.to_raw(run.dataset.graph("train").items_of(u))])
     # fold-in ignores the user's own ID embedding, so it approximates the trained code of a known user
-    assert float(np.mean(np.sign(z) == np.sign(run.user_z[u]))) > 0.6
+    assert float(np.mean(np.sign(new.vectors[0]) == np.sign(run.user_z[u]))) > 0.6
 
 
 def test_checkpoint_from_another_config_is_refused(small_csv: Path, tmp_path: Path) -> None:
@@ -252,7 +258,7 @@ def test_trained_model_beats_popularity_in_all_modes(
     known = ds.graph("known").user_items
     truth = ds.graph("test").user_items
     users = np.flatnonzero(np.diff(truth.indptr) > 0)
-    got = evaluate_modes(run.user_z, run.item_z, known, truth, users, k=20, candidates=60)
+    got = score_modes(Retriever.from_arrays(run.user_z, run.item_z, known), truth, users, 20, [60])
     pop = recall_ndcg(popularity_topk(known, 20, users), truth[users], 20)["recall"]
     for mode in ("continuous", "hamming", "hierarchical"):
         assert got[f"{mode}_recall"] > 1.5 * pop, (mode, got, pop)

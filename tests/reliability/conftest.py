@@ -10,7 +10,7 @@ import pytest
 from harness import make_bundle
 
 from hashrec.bench.server_process import ADMIN_TOKEN, ServerProcess
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 @pytest.fixture(scope="module")

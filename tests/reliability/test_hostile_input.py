@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hashrec.bench.server_process import ServerProcess
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 def assert_json_error(r: httpx.Response, status: int, field: str | None = "any") -> dict:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from hashrec.bench.server_process import ADMIN_TOKEN, RedisProcess, ServerProcess, make_random_bundle
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from harness import ADMIN_TOKEN, ServerProcess, make_bundle
 
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from harness import ServerProcess
 
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 @pytest.fixture(scope="module")

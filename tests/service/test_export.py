@@ -14,7 +14,7 @@ from harness import ADMIN_TOKEN, HASHREC, ServerProcess, make_bundle
 
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 C = 25
 

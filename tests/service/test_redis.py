@@ -11,7 +11,7 @@ import pytest
 import redis
 from harness import ServerProcess
 
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import redis
 from harness import ADMIN_TOKEN, ServerProcess, make_bundle
 from prometheus_client import CollectorRegistry
 
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 from hashrec.service.cache import (
     ENTRY_FORMAT,
     HEADER_BYTES,

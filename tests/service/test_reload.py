@@ -11,7 +11,7 @@ from harness import ADMIN_TOKEN, ServerProcess, make_bundle
 
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

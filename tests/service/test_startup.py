@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from harness import HASHREC, free_port, make_bundle
 
-from hashrec.model.data import Dataset
+from hashrec.data import Dataset
 
 
 def serve(bundles: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,11 +1,8 @@
-"""Real processes for load and fault runs: ``hashrec serve`` on a free port, a private ``redis-server``,
-and bundles of random embeddings (no training needed).
+"""Real processes for the tests and benchmarks that need them: ``hashrec serve`` on a free port and a
+private ``redis-server``. Everything binds 127.0.0.1 only; nothing touches a Redis the tests did not start.
 
-Used by ``hashrec bench fuzz|faults|soak`` and by ``tests/reliability``. Everything binds 127.0.0.1 only.
-
-    srv = ServerProcess(bundles, log_path=Path("server.log"), env={"HASHREC_REDIS_URL": redis.url}).start()
-    ...
-    srv.stop()          # SIGTERM, then SIGKILL after a grace period
+    with ServerProcess(bundles, log_path, env={"HASHREC_REDIS_URL": redis.url}).start() as srv:
+        ...             # leaving the block: SIGTERM, then SIGKILL after a grace period
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 HASHREC = str(Path(sys.executable).parent / "hashrec")
-ADMIN_TOKEN = "reliability-admin-token-0123456789"
 
 
 def free_port() -> int:
@@ -51,7 +47,7 @@ class ServerProcess:
     """A ``hashrec serve`` subprocess on 127.0.0.1 and a free port; ``start`` waits for ``/readyz``.
 
     ``env`` adds or overrides ``HASHREC_*`` variables (for example the Redis URL or the admin token).
-    The access log is off unless asked for: under load it costs the server CPU that the measurement needs.
+    The access log is on, as deployed, unless asked otherwise (a load benchmark may turn it off).
     """
 
     def __init__(
@@ -60,7 +56,7 @@ class ServerProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         compute_threads: int = 2,
-        access_log: bool = False,
+        access_log: bool = True,
     ) -> None:
         self.bundles = Path(bundles)
         self.port = free_port()
@@ -226,72 +222,3 @@ def redis_command(port: int, *args: str, timeout: float = 2.0) -> str | None:
         return None
     line = data.split(b"\r\n", 1)[0].decode(errors="replace")
     return line[1:] if line else None
-
-
-def make_random_bundle(
-    bundles: Path,
-    n_users: int,
-    n_items: int,
-    bits: int = 64,
-    seed: int = 0,
-    seen_per_user: int = 20,
-    foldin: bool = True,
-) -> Path:
-    """Publish a bundle of random (clustered) embeddings; users/items are named ``u<i>``/``i<j>``.
-
-    For load and fault runs that need a realistic size without a trained model: the service's work per
-    request depends on the sizes (users, items, bits, C), not on the embeddings' quality.
-    """
-    import numpy as np
-    import scipy.sparse as sp
-
-    from hashrec.index.bundle import FoldIn
-    from hashrec.index.export import build_bundle
-
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((32, bits))
-
-    def z(n: int) -> np.ndarray:
-        x = centres[rng.integers(0, len(centres), n)] + 0.7 * rng.standard_normal((n, bits))
-        return np.tanh(x).astype(np.float32)
-
-    rows = np.repeat(np.arange(n_users), seen_per_user)
-    cols = rng.integers(0, n_items, n_users * seen_per_user)
-    seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
-    seen.data[:] = 1.0
-    fi = None
-    if foldin:
-        d = 16
-        fi = FoldIn(
-            item=rng.standard_normal((n_items, d)).astype(np.float32),
-            weight=rng.standard_normal((bits, d)).astype(np.float32),
-            bias=(0.1 * rng.standard_normal(bits)).astype(np.float32),
-            power=0.5,
-        )
-    return build_bundle(
-        bundles,
-        user_z=z(n_users),
-        item_z=z(n_items),
-        seen=seen,
-        user_ids=[f"u{i}" for i in range(n_users)],
-        item_ids=[f"i{j}" for j in range(n_items)],
-        foldin=fi,
-        model_version=f"random-seed{seed}",
-        keep=10,
-    )
-
-
-def expected_answers(
-    bundles: Path, versions: list[str], users: list[str], k: int, candidates: int, exclude_seen: bool = True
-) -> dict[str, dict[str, list[str]]]:
-    """The Retriever's own answers (item ids) per bundle version and user: the only answers a load run may
-    accept (a response whose items differ from its version's answer is wrong or mixed-version)."""
-    from hashrec.index.bundle import load_bundle
-    from hashrec.index.retriever import Retriever
-
-    out: dict[str, dict[str, list[str]]] = {}
-    for v in versions:
-        r = Retriever(load_bundle(Path(bundles) / v), threads=1)
-        recs = r.recommend(users, k, max(k, candidates), exclude_seen=exclude_seen)
-        out[v] = {u: list(rec.items) for u, rec in zip(users, recs, strict=True) if rec is not None}
-    return out

@@ -14,35 +14,45 @@ class IdMap:
     sort raw ids numerically when they are all integers (so a 0-based integer dataset keeps its ids) and
     lexicographically otherwise. Lookups of unknown raw ids return -1 (``to_internal``) so that callers decide
     what an unknown id means (dropped, fallback, error).
+
+    The raw -> internal dictionary is built on the first look-up, not at construction: a reader that only
+    turns internal ids into raw ones (a batch export over id ranges, which may hold a memory-mapped array
+    of millions of ids) never pays for it. Uniqueness is checked when the dictionary is built.
     """
 
     __slots__ = ("_index", "raw")
 
     def __init__(self, raw: Sequence[str] | np.ndarray) -> None:
-        arr = np.asarray(raw, dtype=object)
+        arr = raw if isinstance(raw, np.ndarray) else np.asarray(list(raw), dtype=object)
         if arr.ndim != 1:
             raise ValueError("IdMap needs a 1-d sequence of raw ids")
         self.raw: np.ndarray = arr
-        self._index: dict[str, int] = {str(r): i for i, r in enumerate(arr)}
-        if len(self._index) != len(arr):
-            raise ValueError("IdMap raw ids must be unique")
+        self._index: dict[str, int] | None = None
+
+    def _lookup(self) -> dict[str, int]:
+        if self._index is None:
+            index = {str(r): i for i, r in enumerate(self.raw.tolist())}
+            if len(index) != len(self.raw):
+                raise ValueError("IdMap raw ids must be unique")
+            self._index = index
+        return self._index
 
     def __len__(self) -> int:
         return len(self.raw)
 
     def __contains__(self, raw_id: object) -> bool:
-        return raw_id in self._index
+        return raw_id in self._lookup()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, IdMap) and len(self) == len(other) and bool(np.all(self.raw == other.raw))
 
     def get(self, raw_id: str) -> int | None:
         """Internal id of one raw id, or None when unknown."""
-        return self._index.get(raw_id)
+        return self._lookup().get(raw_id)
 
     def to_internal(self, raw_ids: Iterable[str]) -> np.ndarray:
         """Internal ids (int64) for raw ids; -1 where a raw id is unknown."""
-        index = self._index
+        index = self._lookup()
         return np.fromiter((index.get(str(r), -1) for r in raw_ids), dtype=np.int64)
 
     def to_raw(self, internal: Iterable[int] | np.ndarray) -> list[str]:
@@ -50,7 +60,11 @@ class IdMap:
         idx = np.asarray(internal, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self.raw)):
             raise IndexError(f"internal id out of range [0, {len(self.raw)})")
-        return [str(x) for x in self.raw[idx]]
+        return [str(x) for x in self.raw[idx].tolist()]
+
+    def check_unique(self) -> None:
+        """Raise ValueError unless the raw ids are unique (builds the look-up dictionary)."""
+        self._lookup()
 
     @classmethod
     def factorize(cls, raw_ids: np.ndarray) -> tuple[IdMap, np.ndarray]:

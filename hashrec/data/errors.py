@@ -1,12 +1,19 @@
-"""Errors raised by the data layer. Every message names the file (and line, where there is one)."""
+"""Errors for input the user can fix. Every message is complete and names the file (and line) or the field.
+
+The CLI prints the message of a :class:`UserError` and exits with status 2; no traceback.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-class DataError(ValueError):
-    """A dataset cannot be loaded as asked. ``str(err)`` is a complete, user-facing message."""
+class UserError(ValueError):
+    """Input the user can fix (a file, a flag, a config value). ``str(err)`` is a complete message."""
+
+
+class DataError(UserError):
+    """A dataset cannot be loaded as asked."""
 
 
 class DataFormatError(DataError):
