@@ -223,9 +223,20 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (created; never overwritten without --force)")
     p.add_argument("--preset", default="default", help="paper | default (default: default)")
     p.add_argument("--bits", type=int, default=None, help="code length K, a multiple of 8 (preset's default)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (preset's default)")
     p.add_argument(
-        "--time-budget", type=float, default=None, metavar="MINUTES", help="stop after this wall time"
+        "--epochs",
+        "--max-epochs",
+        dest="epochs",
+        type=int,
+        default=None,
+        help="most epochs (preset's default)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="the whole run (validation and refit included) ends within this wall time",
     )
     p.add_argument("--continuous", action="store_true", help="train the continuous baseline (no sign)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")

@@ -42,7 +42,7 @@ from hashrec.data import DataConfig, DataError, Dataset, load_dataset
 from hashrec.index.retriever import Retriever
 
 from .metrics import hit_matrix, recall_ndcg
-from .run import Run, load_run
+from .run import EMBEDDINGS, VALID_EMBEDDINGS, Run, load_run
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,9 @@ def evaluate_run(
     the run's own (same fingerprint). Raises DataError (a RunError) naming the broken or missing file.
     """
     cfg = cfg or EvalConfig()
-    run = load_run(run_dir)
+    # the validation split is scored with the selected model over the training graph only: embeddings that
+    # never saw the validation edges (the served embeddings.npz did, and may come from a refit on them)
+    run = load_run(run_dir, VALID_EMBEDDINGS if cfg.split == "valid" else EMBEDDINGS)
     if data_path is not None:
         _check_data(run, data_path)
     ds = run.dataset

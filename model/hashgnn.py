@@ -1,40 +1,78 @@
-"""HashGNN: a graph encoder, two hash layers (users, items) and the guided-STE losses.
+"""HashGNN: a graph encoder, a code head (the hash layer) and an optional re-rank head, and their losses.
 
 API (PyG-LightGCN style):
 
-- :meth:`HashGNN.embed` -> continuous codes ``z`` (tanh outputs) of a batch's users and items;
-- :meth:`HashGNN.embed_all` -> ``z`` of every user and item (numpy, deterministic): what ``embeddings.npz``
-  holds; the binary codes are ``sign(z)`` (:mod:`hashrec.data.codes`);
-- :meth:`HashGNN.score` -> ``scale * <h_u, h_i> / K`` for codes or continuous vectors;
-- :meth:`HashGNN.loss` -> the weighted training losses of one batch at a given code probability;
+- :meth:`HashGNN.embed_all` -> every user's and item's code-head output ``z`` (codes are ``sign(z)``,
+  :mod:`hashrec.data.codes`) and re-rank vectors (numpy, deterministic): what ``embeddings.npz`` holds;
+- :meth:`HashGNN.loss` -> the weighted training losses of one batch at a given training progress;
 - :meth:`HashGNN.foldin` -> the arrays that encode a user the model never saw from its item list.
 
-The continuous counterpart (``TrainConfig.continuous``) is the same module trained with code probability 0:
-same encoder, same tanh layer, never a sign.
+Heads (``TrainConfig.rerank_head``):
+
+- one head (the paper): ``z = tanh(W h + b)`` is both the code (its sign) and the re-rank vector;
+- two heads (the default): a *code head* ``z_c = tanh(W_c h + b_c)`` trained for Hamming ranking (its own
+  softmax temperature ``code_tau`` and guidance schedule ``code_pure_ste_at``), and a *re-rank head*
+  ``v = tanh(W_r h + b_r)`` trained as the one head is (guided STE at ``softmax_tau``), on a shared encoder.
+  One ``z`` cannot be both: every setting that made the codes better made the re-ranker worse. The heads
+  are made to agree by distillation: the code head's softmax over a batch's candidates is pulled towards
+  the re-rank head's continuous one (KL, weight ``distill_weight``), i.e. the re-ranker's ranking of the
+  sampled items is taught to the codes.
+
+Losses of a head (each weighted, 0 switches one off), on its guided codes ``h`` (:mod:`.hashing`):
+reconstruction and BPR (or margin) against the example's sampled negatives, and a sampled softmax over the
+positive and the batch's shared uniform items. Scores are ``score_scale * <h_u, h_i> / K`` (raw inner
+products when ``score_scale`` is None); softmax logits ``<h_u, h_c> / (K tau)``.
+
+Hygiene of the softmax: a shared item that is a training positive of the example's user is never its
+negative (masked); and an example scored in code space is scored against candidates in code space, one in
+continuous space against continuous candidates (per bit with per-bit guidance), whatever the candidates'
+own draws would have been.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 
-from hashrec.model.config import TrainConfig
 from hashrec.data import BipartiteGraph
+from hashrec.model.config import TrainConfig
 from hashrec.model.encoders import LightGCNEncoder, SageEncoder
-from hashrec.model.hashing import HashLayer, guided_codes, ste_sign
-from hashrec.model.losses import (
-    bit_penalty,
-    bpr_loss,
-    l2_penalty,
-    margin_loss,
-    reconstruction_loss,
-    softmax_loss,
-)
+from hashrec.model.hashing import HashLayer, code_probability, draw_codes, ste_sign
+from hashrec.model.losses import bpr_loss, l2_penalty, margin_loss, reconstruction_loss, softmax_loss
+
+# masked softmax logits: finite (exp underflows to 0 exactly) so that the distillation's p * log p stays 0
+_MASKED = -1e4
+
+
+@dataclass
+class Batch:
+    """One training step's examples: edges ``(users[b], pos[b])``, per-example negatives ``neg`` [B, M],
+    items ``shared`` [S] shared by the batch as softmax negatives, and ``shared_mask`` = (rows, cols) of
+    shared items that are training positives of the example's user (never its negatives)."""
+
+    users: np.ndarray
+    pos: np.ndarray
+    neg: np.ndarray
+    shared: np.ndarray
+    shared_mask: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class _Head:
+    """A head's batch outputs: z of the users, positives, negatives [B, M, K] and shared items [S, K]."""
+
+    u: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+    shared: torch.Tensor
 
 
 class HashGNN(nn.Module):
-    """The model; ``graph`` is the training graph (the encoder propagates over it)."""
+    """The model; ``graph`` is the graph the encoder propagates over (training: the training edges)."""
 
     def __init__(self, cfg: TrainConfig, graph: BipartiteGraph) -> None:
         super().__init__()
@@ -42,238 +80,249 @@ class HashGNN(nn.Module):
         self.bits = cfg.bits
         self.encoder: LightGCNEncoder | SageEncoder
         if cfg.encoder == "lightgcn":
-            self.encoder = LightGCNEncoder(
-                graph, cfg.emb_dim, cfg.layers, "svd" if cfg.svd_init else "normal", cfg.seed
-            )
+            init = "svd" if cfg.svd_init else "normal"
+            self.encoder = LightGCNEncoder(graph, cfg.emb_dim, cfg.layers, init, cfg.seed)
         else:
             self.encoder = SageEncoder(graph, cfg.emb_dim, cfg.dense_dim, cfg.user_fanouts, cfg.item_fanouts)
-        self.user_hash = HashLayer(self.encoder.out_dim, cfg.bits)
-        self.item_hash = HashLayer(self.encoder.out_dim, cfg.bits)
+        d = self.encoder.out_dim
+        self.user_hash, self.item_hash = HashLayer(d, cfg.bits), HashLayer(d, cfg.bits)
+        self.user_rerank: HashLayer | None = HashLayer(d, cfg.rerank_dim) if cfg.rerank_head else None
+        self.item_rerank: HashLayer | None = HashLayer(d, cfg.rerank_dim) if cfg.rerank_head else None
         if cfg.encoder == "lightgcn" and cfg.svd_init:
             self._init_rotation(cfg.seed)
 
+    def _heads(self) -> list[tuple[HashLayer, HashLayer]]:
+        """(user, item) layers of each head: the code head, then the re-rank head when there is one."""
+        heads = [(self.user_hash, self.item_hash)]
+        if self.user_rerank is not None and self.item_rerank is not None:
+            heads.append((self.user_rerank, self.item_rerank))
+        return heads
+
     def _init_rotation(self, seed: int) -> None:
-        """Start the hash layers as a scaled random rotation shared by both sides.
+        """Start each head as a scaled random rotation shared by its user and item sides.
 
         With SVD-initialised embeddings, ``<z_u, z_i>`` then starts close to the SVD score, and a random
         rotation spreads the variance of the leading singular directions over all bits (the idea of ITQ),
         which sign quantisation needs; the gain makes tanh neither saturated nor linear. Rectangular when
-        K != emb_dim (orthonormal rows or columns).
+        the head's width differs from the encoder's (orthonormal rows or columns).
         """
-        g = torch.Generator().manual_seed(seed + 1)
-        a = torch.randn(self.bits, self.encoder.out_dim, generator=g)
-        q, _ = torch.linalg.qr(a if self.bits >= self.encoder.out_dim else a.T)
-        w = q if self.bits >= self.encoder.out_dim else q.T
         with torch.no_grad():
-            with torch.no_grad():
-                full_u, full_i = self.encoder.full()
+            full_u, full_i = self.encoder.full()
             h = torch.cat([full_u, full_i])
-            proj = h @ w.T
-            gain = 1.0 / max(float(proj.std()), 1e-8)
-            for layer in (self.user_hash, self.item_hash):
-                layer.fc.weight.copy_(w * gain)
-                layer.fc.bias.zero_()
+            for n, (user, item) in enumerate(self._heads()):
+                g = torch.Generator().manual_seed(seed + 1 + n)
+                out, d = user.fc.weight.shape
+                a = torch.randn(out, d, generator=g)
+                q, _ = torch.linalg.qr(a if out >= d else a.T)
+                w = q if out >= d else q.T
+                gain = 1.0 / max(float((h @ w.T).std()), 1e-8)
+                for layer in (user, item):
+                    layer.fc.weight.copy_(w * gain)
+                    layer.fc.bias.zero_()
 
-    # -- forward ------------------------------------------------------------------------------------------
-    def embed(
-        self, users: np.ndarray, items: np.ndarray, sample_gen: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z of a batch: (users [len(users), K], items [len(items), K]) in (-1, 1), differentiable.
-
-        ``sample_gen``: the torch generator of GraphSAGE's neighbour sampling, on the model's device.
-        """
-        hu, hi = self.encoder(users, items, sample_gen)
-        return self.user_hash(hu), self.item_hash(hi)
-
+    # -- inference --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def embed_all(self) -> tuple[np.ndarray, np.ndarray]:
-        """z of all users and items as float32 numpy arrays (eval mode, deterministic)."""
+    def embed_all(self) -> dict[str, np.ndarray]:
+        """``user_z``/``item_z`` (code head) and, with two heads, ``user_vectors``/``item_vectors`` (float32)."""
         was = self.training
         self.eval()
         hu, hi = self.encoder.full()
-        uz, iz = self.user_hash(hu), self.item_hash(hi)
+        out = {"user_z": self.user_hash(hu), "item_z": self.item_hash(hi)}
+        if self.user_rerank is not None and self.item_rerank is not None:
+            out.update(user_vectors=self.user_rerank(hu), item_vectors=self.item_rerank(hi))
         self.train(was)
-        return uz.float().cpu().numpy(), iz.float().cpu().numpy()
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
 
+    # -- training -----------------------------------------------------------------------------------------------
     def score(self, hu: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        """``scale * <h_u, h_i> / K`` for aligned rows ([B, K] x [B, K] -> [B]) or [B, K] x [B, M, K] -> [B, M]."""
+        """Scores of aligned rows ([B, K] x [B, K] -> [B]) or of each row's candidates ([B, K] x [B, M, K])."""
         s = (hu * hi).sum(-1) if hi.dim() == hu.dim() else torch.einsum("bk,bmk->bm", hu, hi)
-        return s * (self.cfg.score_scale / self.bits)
+        scale = self.cfg.score_scale
+        return s if scale is None else s * (scale / hu.shape[-1])
+
+    def forward(
+        self, batch: Batch, progress: float, sample_gen: torch.Generator | None, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """The weighted losses of one batch: :meth:`loss` (the entry point DDP synchronises through)."""
+        return self.loss(batch, progress, sample_gen, gen)
 
     def loss(
-        self,
-        users: np.ndarray,
-        pos: np.ndarray,
-        neg: np.ndarray,
-        shared: np.ndarray,
-        code_prob: float,
-        sample_gen: torch.Generator | None,
-        gen: torch.Generator,
+        self, batch: Batch, progress: float, sample_gen: torch.Generator | None, gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        """Weighted losses of one batch: ``{"loss": total, "rec": ..., "rank": ..., "softmax": ..., "bits": ..., "l2": ...}``.
+        """``{"loss": total, <term>: value, ...}`` of one batch at training ``progress`` (0..1).
 
-        Args:
-            users, pos: [B] the batch's observed edges; neg: [B, M] sampled negatives of each example;
-            shared: [S] items shared by the batch as extra softmax negatives (may be empty).
-            code_prob: probability of using the binary code (0 in continuous mode).
-            sample_gen: torch RNG on the model's device (GraphSAGE neighbour sampling);
-            gen: CPU torch RNG (guidance draws).
+        ``sample_gen``: torch RNG on the model's device (GraphSAGE's neighbour sampling); ``gen``: CPU torch
+        RNG of the guidance draws. Terms: ``rec``, ``rank``, ``softmax`` of the code head, the same with a
+        ``rerank_`` prefix for the re-rank head, ``distill``, ``l2``.
         """
         cfg = self.cfg
-        b, m = neg.shape
-        items = np.concatenate([pos, neg.ravel(), shared])
+        b, m = batch.neg.shape
+        items = np.concatenate([batch.pos, batch.neg.ravel(), batch.shared])
         uniq, inv = np.unique(items, return_inverse=True)
-        zu, zi_u = self.embed(users, uniq, sample_gen)
-        dev = zu.device
-        zi = zi_u[torch.from_numpy(inv).to(dev)]
-        zp, zn, zs = zi[:b], zi[b : b + b * m].view(b, m, -1), zi[b + b * m :]
-        p = 0.0 if cfg.continuous else code_prob
-        # One draw per example (or per bit) shared by the user, its positive and its negatives, as in the
-        # official code: the pair is compared in the same space.
-        hu, draw = guided_codes(zu, p, cfg.guidance, gen)
-        hp, _ = guided_codes(zp, p, cfg.guidance, gen, draw=draw)
-        hn, _ = guided_codes(zn, p, cfg.guidance, gen, draw=draw.unsqueeze(1))
+        enc_u, enc_i = self.encoder(batch.users, uniq, sample_gen)
+        dev = enc_u.device
+        inv_t = torch.from_numpy(inv).to(dev)
+        mask = None
+        if batch.shared_mask is not None and len(batch.shared_mask[0]):
+            rows, cols = batch.shared_mask
+            mask = (torch.from_numpy(rows).to(dev), torch.from_numpy(cols + 1).to(dev))  # column 0: positive
+
+        def head(layers: tuple[HashLayer, HashLayer]) -> _Head:
+            zi = layers[1](enc_i)[inv_t]
+            return _Head(layers[0](enc_u), zi[:b], zi[b : b + b * m].view(b, m, -1), zi[b + b * m :])
+
         out: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), device=dev)
-        s_pos, s_neg = self.score(hu, hp), self.score(hu, hn)
-        if cfg.rec_weight > 0:
-            out["rec"] = reconstruction_loss(s_pos, s_neg)
-            total = total + cfg.rec_weight * out["rec"]
-        if cfg.rank_weight > 0:
-            out["rank"] = (
-                bpr_loss(s_pos, s_neg) if cfg.ranking == "bpr" else margin_loss(s_pos, s_neg, cfg.margin)
-            )
-            total = total + cfg.rank_weight * out["rank"]
-        excl = None
-        if cfg.inbatch and (cfg.softmax_weight > 0 or cfg.cont_weight > 0):
-            excl = self._inbatch_exclusions(pos)
-        if cfg.softmax_weight > 0:
-            hs, _ = guided_codes(zs, p, cfg.guidance, gen) if len(shared) else (zs, None)
-            logits, target = self._softmax_logits(hu, hp, hs, self._code_tau(draw))
-            out["softmax"] = softmax_loss(logits, target, excl)
-            total = total + cfg.softmax_weight * out["softmax"]
-        if cfg.cont_weight > 0:
-            # The same softmax on the continuous z, never signed: z is what re-ranks the Hamming candidates,
-            # and once the schedule reaches pure STE the code losses only train it through sign().
-            logits, target = self._softmax_logits(zu, zp, zs, cfg.cont_tau)
-            out["cont"] = softmax_loss(logits, target, excl)
-            total = total + cfg.cont_weight * out["cont"]
-        if cfg.bit_reg > 0:
-            # On the batch's users and its distinct items (mostly the uniform shared negatives, so an
-            # unbiased sample of the catalogue's codes).
-            out["bits"] = bit_penalty(zu) + bit_penalty(zi_u)
-            total = total + cfg.bit_reg * out["bits"]
+        heads = self._heads()
+        code = head(heads[0])
+        code_prob = code_probability(
+            progress, cfg.code_prob_start, cfg.code_pure_ste_at if len(heads) > 1 else cfg.pure_ste_at
+        )
+        code_tau = cfg.code_tau if len(heads) > 1 else cfg.softmax_tau
+        total, student = self._head_losses(
+            code, 0.0 if cfg.continuous else code_prob, code_tau, mask, gen, out, ""
+        )
+        if len(heads) > 1:
+            rerank = head(heads[1])
+            p = 0.0 if cfg.continuous else code_probability(progress, cfg.code_prob_start, cfg.pure_ste_at)
+            r_total, _ = self._head_losses(rerank, p, cfg.softmax_tau, mask, gen, out, "rerank_")
+            total = total + r_total
+            if cfg.distill_weight > 0 and student is not None:
+                # the teacher: the re-rank head's continuous scores of the same candidates (what re-ranks)
+                teacher = self._logits(
+                    rerank, torch.zeros_like(rerank.u[:, :1], dtype=torch.bool), cfg.softmax_tau, mask
+                )
+                out["distill"] = F.kl_div(
+                    F.log_softmax(student, dim=1),
+                    F.log_softmax(teacher.detach(), dim=1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                total = total + cfg.distill_weight * out["distill"]
         if cfg.l2 > 0:
             eu, ei = self.encoder.id_embeddings(
-                torch.from_numpy(np.asarray(users, np.int64)).to(dev), torch.from_numpy(uniq).to(dev)
+                torch.from_numpy(np.asarray(batch.users, np.int64)).to(dev), torch.from_numpy(uniq).to(dev)
             )
             out["l2"] = l2_penalty(eu, ei)
             total = total + cfg.l2 * out["l2"]
         out["loss"] = total
         return out
 
-    def _code_tau(self, draw: torch.Tensor) -> float | torch.Tensor:
-        """The softmax temperature of each example: ``softmax_tau``, or ``code_tau`` where it uses its code.
-
-        ``draw`` is the guidance draw of the users ([B, 1] per example, [B, K] per bit: the temperature then
-        moves with the fraction of bits that are codes). A scalar when ``code_tau`` is unset.
-        """
+    def _head_losses(
+        self,
+        z: _Head,
+        prob: float,
+        tau: float,
+        mask: tuple[torch.Tensor, torch.Tensor] | None,
+        gen: torch.Generator,
+        out: dict[str, torch.Tensor],
+        prefix: str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Add one head's weighted terms to ``out``; returns (their sum, the softmax logits or None)."""
         cfg = self.cfg
-        if cfg.code_tau is None or cfg.code_tau == cfg.softmax_tau:
-            return cfg.softmax_tau
-        frac = draw.to(torch.float32).mean(dim=-1, keepdim=True)  # [B, 1]
-        return cfg.softmax_tau + (cfg.code_tau - cfg.softmax_tau) * frac
+        # One draw per example (or per bit) shared by the user and its own items, as in the official code:
+        # the pair is compared in the same space. The paper preset draws the negatives' own (negative_draw).
+        draw = draw_codes(z.u, prob, cfg.guidance, gen)
+        hu, hp = _mix(z.u, draw), _mix(z.pos, draw)
+        neg_draw = (
+            draw.unsqueeze(1) if cfg.negative_draw == "shared" else draw_codes(z.neg, prob, cfg.guidance, gen)
+        )
+        hn = _mix(z.neg, neg_draw)
+        total = torch.zeros((), device=hu.device)
+        s_pos, s_neg = self.score(hu, hp), self.score(hu, hn)
+        if cfg.rec_weight > 0:
+            out[prefix + "rec"] = reconstruction_loss(s_pos, s_neg, cfg.rec_reduction)
+            total = total + cfg.rec_weight * out[prefix + "rec"]
+        if cfg.rank_weight > 0:
+            rank = bpr_loss(s_pos, s_neg) if cfg.ranking == "bpr" else margin_loss(s_pos, s_neg, cfg.margin)
+            out[prefix + "rank"] = rank
+            total = total + cfg.rank_weight * rank
+        logits = None
+        if cfg.softmax_weight > 0 and len(z.shared):
+            logits = self._logits(z, draw, tau, mask)
+            out[prefix + "softmax"] = softmax_loss(logits)
+            total = total + cfg.softmax_weight * out[prefix + "softmax"]
+        return total, logits
 
-    def _softmax_logits(
-        self, hu: torch.Tensor, hp: torch.Tensor, hs: torch.Tensor, tau: float | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``<h_u, h_c>/(K tau)`` over the candidates and the target column of each example.
+    def _logits(
+        self, z: _Head, draw: torch.Tensor, tau: float, mask: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Softmax logits [B, 1 + S]: the positive (column 0), then the shared items, ``<h_u, h_c>/(K tau)``.
 
-        ``tau``: a scalar or one temperature per example ([B, 1]).
-
-        Candidates: with ``inbatch``, the batch's positives then the shared items (target = the example's
-        row); without, the example's own positive then the shared items (target = column 0).
+        Each example sees every candidate in its own space: where its draw says code, the candidates'
+        codes, elsewhere their z (per bit with per-bit draws): ``(h_u * d) @ sign(Z)^T + (h_u * (1 - d)) @ Z^T``.
+        Masked pairs (training positives among the shared items) get a logit of -1e4.
         """
-        b = hu.shape[0]
-        # The temperature is folded into the user side: [B, K] divisions instead of [B, C].
-        hu_t = hu / (self.bits * tau)
-        if self.cfg.inbatch:
-            logits = hu_t @ torch.cat([hp, hs], dim=0).T
-            return logits, torch.arange(b, device=hu.device)
-        logits = torch.cat([(hu_t * hp).sum(-1, keepdim=True), hu_t @ hs.T], dim=1)
-        return logits, torch.zeros(b, dtype=torch.long, device=hu.device)
-
-    def _inbatch_exclusions(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(rows, cols) of in-batch candidates that are the example's own item, not negatives.
-
-        Pairs of examples sharing a positive are found by sorting, not with a [B, B] comparison.
-        """
-        order = np.argsort(pos, kind="stable")
-        sp_ = np.asarray(pos)[order]
-        starts = np.flatnonzero(np.r_[True, sp_[1:] != sp_[:-1]])
-        sizes = np.diff(np.r_[starts, len(sp_)])
-        if not (sizes > 1).any():
-            return None
-        gid = np.repeat(np.arange(len(starts)), sizes)
-        a, c = _pairs(gid)
-        off = a != c
-        dev = self.user_hash.fc.weight.device
-        return torch.from_numpy(order[a[off]]).to(dev), torch.from_numpy(order[c[off]]).to(dev)
+        hu = _mix(z.u, draw) / (z.u.shape[-1] * tau)
+        hp = _mix(z.pos, draw)
+        d = draw.to(hu.dtype)
+        if bool(draw.all()):
+            shared = hu @ ste_sign(z.shared).T
+        elif not bool(draw.any()):
+            shared = hu @ z.shared.T
+        else:
+            shared = (hu * d) @ ste_sign(z.shared).T + (hu * (1 - d)) @ z.shared.T
+        logits = torch.cat([(hu * hp).sum(-1, keepdim=True), shared], dim=1)
+        if mask is not None:
+            logits = logits.index_put(mask, torch.tensor(_MASKED, device=logits.device))
+        return logits
 
     # -- new users ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def foldin(self, user_items: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Fold-in arrays (:class:`hashrec.index.bundle.FoldIn`): ``z = tanh(W (sum_{i in I} f_i / |I|^p) + b)``.
+        """Fold-in arrays (:class:`hashrec.index.bundle.FoldIn`): each head applied to pooled item features.
 
-        - LightGCN: exact (see :meth:`LightGCNEncoder.foldin_items`): ``f`` from the item embeddings,
-          ``p = 0.5``, ``W, b`` = the user hash layer.
+        - LightGCN: exact (:meth:`LightGCNEncoder.foldin_items`): features from the item embeddings,
+          power 0.5, and each head's own weights.
         - GraphSAGE: a new user has no ID embedding and its 2-hop tree is non-linear, so the best affine
-          approximation is used: ``f_i`` = the item's encoder output, ``p = 1`` (the mean), and ``W, b``
-          fitted by ridge least squares so that ``W mean_{i in I_u} f_i + b`` matches the user hash layer's
+          approximation is used: features = the items' encoder outputs, power 1 (the mean), and per head
+          ``W, b`` fitted by ridge least squares so that ``W mean_{i in I_u} f_i + b`` matches the head's
           pre-activation for the training users (``user_items``: their CSR, required).
         """
+        user_layers = [u for u, _ in self._heads()]
         if isinstance(self.encoder, LightGCNEncoder):
             f, power = self.encoder.foldin_items()
-            w = self.user_hash.fc.weight.cpu().numpy()
-            bias = self.user_hash.fc.bias.cpu().numpy()
+            heads = [(u.fc.weight.cpu().numpy(), u.fc.bias.cpu().numpy()) for u in user_layers]
         else:
-            import scipy.sparse as sp
-
-            if user_items is None:
-                raise ValueError("GraphSAGE fold-in needs the training user-item CSR")
-            hu, hi = self.encoder.full()
-            f = hi.cpu().numpy().astype(np.float64)
-            target = (self.user_hash.fc(hu)).cpu().numpy().astype(np.float64)
-            r = sp.csr_matrix(user_items, dtype=np.float64)
-            deg = np.asarray(r.sum(axis=1)).ravel()
-            x = (sp.diags(np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)) @ r) @ f
-            x1 = np.hstack([x, np.ones((len(x), 1))])
-            reg = 1e-3 * np.eye(x1.shape[1])
-            coef = np.linalg.solve(x1.T @ x1 + reg, x1.T @ target)  # [d + 1, K]
-            w, bias, power = coef[:-1].T, coef[-1], 1.0
-        w32, b32 = np.asarray(w, np.float32), np.asarray(bias, np.float32)
+            f, power, heads = self._sage_foldin(user_items, user_layers)
+        code, rerank = heads[0], heads[-1]  # one head: both are the same arrays
         return {
             "foldin_item": np.asarray(f, np.float32),
             "foldin_power": np.asarray(power, np.float32),
-            # one hash layer is both the code head and the re-rank head
-            "foldin_code_weight": w32,
-            "foldin_code_bias": b32,
-            "foldin_vector_weight": w32,
-            "foldin_vector_bias": b32,
+            "foldin_code_weight": np.asarray(code[0], np.float32),
+            "foldin_code_bias": np.asarray(code[1], np.float32),
+            "foldin_vector_weight": np.asarray(rerank[0], np.float32),
+            "foldin_vector_bias": np.asarray(rerank[1], np.float32),
         }
 
+    def _sage_foldin(
+        self, user_items: np.ndarray | None, user_layers: list[HashLayer]
+    ) -> tuple[np.ndarray, float, list[tuple[np.ndarray, np.ndarray]]]:
+        import scipy.sparse as sp
 
-def _pairs(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (a, c) index pairs with ``gid[a] == gid[c]`` for a sorted group-id array (within-group products)."""
-    starts = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
-    sizes = np.diff(np.r_[starts, len(gid)])
-    big = sizes > 1
-    st, sz = starts[big], sizes[big]
-    rep = np.repeat(np.arange(len(st)), sz * sz)
-    k = np.arange(len(rep)) - np.repeat(np.cumsum(sz * sz) - sz * sz, sz * sz)
-    a = st[rep] + k // sz[rep]
-    c = st[rep] + k % sz[rep]
-    return a, c
+        if user_items is None:
+            raise ValueError("GraphSAGE fold-in needs the training user-item CSR")
+        hu, hi = self.encoder.full()
+        f = hi.cpu().numpy().astype(np.float64)
+        r = sp.csr_matrix(user_items, dtype=np.float64)
+        deg = np.asarray(r.sum(axis=1)).ravel()
+        x = (sp.diags(np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)) @ r) @ f
+        x1 = np.hstack([x, np.ones((len(x), 1))])
+        gram = x1.T @ x1 + 1e-3 * np.eye(x1.shape[1])
+        heads = []
+        for layer in user_layers:
+            target = layer.fc(hu).cpu().numpy().astype(np.float64)
+            coef = np.linalg.solve(gram, x1.T @ target)  # [d + 1, out]
+            heads.append((coef[:-1].T, coef[-1]))
+        return f, 1.0, heads
 
 
-__all__ = ["HashGNN", "ste_sign"]
+def _mix(z: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """``ste_sign(z)`` where ``draw`` says code, ``z`` elsewhere (``draw`` broadcasts over ``z``)."""
+    if bool(draw.all()):
+        return ste_sign(z)
+    if not bool(draw.any()):
+        return z
+    return torch.where(draw, ste_sign(z), z)
+
+
+__all__ = ["Batch", "HashGNN"]

@@ -41,34 +41,21 @@ def code_probability(progress: float, start: float, pure_at: float) -> float:
     return start + (1.0 - start) * progress / pure_at
 
 
-def guided_codes(
-    z: torch.Tensor,
-    prob: float,
-    mode: str = "example",
-    generator: torch.Generator | None = None,
-    draw: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix STE codes and continuous values: returns ``(h, use_code)``.
+def draw_codes(
+    z: torch.Tensor, prob: float, mode: str = "example", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Which entries of ``z`` [..., K] use their code: a boolean mask, True with probability ``prob``.
 
-    Args:
-        z: [..., K] continuous codes (tanh outputs).
-        prob: probability of using the code (1 = pure STE, 0 = purely continuous).
-        mode: ``example``: one Bernoulli per row (shape [..., 1]); ``bit``: one per entry.
-        generator: torch RNG for the Bernoulli draws (seeded, checkpointed by the trainer).
-        draw: a boolean mask to reuse (so that a user and its items share one draw); overrides ``prob``.
-
-    Returns:
-        ``h`` = ``ste_sign(z)`` where the draw says code, ``z`` elsewhere; and the boolean draw itself.
+    ``mode``: ``example`` draws one Bernoulli per row (shape [..., 1], broadcast over the bits), ``bit``
+    one per entry. ``prob`` 1 (pure STE) and 0 (purely continuous) draw nothing. The draws come from the
+    CPU ``generator`` (seeded and checkpointed by the trainer) and are then moved to ``z``'s device.
     """
-    if draw is None:
-        shape = (*z.shape[:-1], 1) if mode == "example" else z.shape
-        if prob >= 1.0:
-            draw = torch.ones(shape, dtype=torch.bool, device=z.device)
-        elif prob <= 0.0:
-            draw = torch.zeros(shape, dtype=torch.bool, device=z.device)
-        else:
-            draw = torch.rand(shape, generator=generator, device="cpu").to(z.device) < prob
-    return torch.where(draw, ste_sign(z), z), draw
+    shape = (*z.shape[:-1], 1) if mode == "example" else z.shape
+    if prob >= 1.0:
+        return torch.ones(shape, dtype=torch.bool, device=z.device)
+    if prob <= 0.0:
+        return torch.zeros(shape, dtype=torch.bool, device=z.device)
+    return torch.rand(shape, generator=generator, device="cpu").to(z.device) < prob
 
 
 class HashLayer(nn.Module):

@@ -7,11 +7,9 @@ Scores of the codes are ``s = scale * <h_u, h_i> / K`` where ``h`` are the (guid
   ``-log sigma(s_pos) - sum_j log(1 - sigma(s_neg_j))``, HashGNN's graph reconstruction term.
 - :func:`bpr_loss`: ``mean_j softplus(s_neg_j - s_pos)`` (= -log sigma(s_pos - s_neg)), the paper's ranking loss.
 - :func:`margin_loss`: ``mean_j max(0, margin - s_pos + s_neg_j)``, the triplet variant.
-- :func:`bit_penalty`: balance and independence of the bits of a batch of codes (spectral hashing's two
-  properties of a good code), a regulariser on ``z``.
-- :func:`softmax_loss`: cross-entropy of the positive among candidates (in-batch positives of the other
-  examples + shared sampled items), logits divided by a temperature; not in the paper, it gives many
-  negatives per example at the cost of one matrix product and trains faster per CPU-minute.
+- :func:`softmax_loss`: cross-entropy of the positive among candidates (sampled items shared by the batch),
+  logits divided by a temperature; not in the paper, it gives many negatives per example at the cost of
+  one matrix product and trains faster per CPU-minute.
 """
 
 from __future__ import annotations
@@ -20,9 +18,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional name)
 
 
-def reconstruction_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """pos [B], neg [B, M] logits -> scalar (mean over the batch, summed over the M negatives)."""
-    return (F.softplus(-pos) + F.softplus(neg).sum(dim=1)).mean()
+def reconstruction_loss(pos: torch.Tensor, neg: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """pos [B], neg [B, M] logits -> scalar: the example's 1 + M cross-entropy terms summed (``sum``) or
+    averaged (``mean``, the official code's), then the mean over the batch."""
+    terms = F.softplus(-pos) + F.softplus(neg).sum(dim=1)
+    return (terms if reduction == "sum" else terms / (1 + neg.shape[1])).mean()
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -35,28 +35,9 @@ def margin_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Te
     return F.relu(margin - pos[:, None] + neg).mean()
 
 
-def softmax_loss(
-    logits: torch.Tensor, target: torch.Tensor, exclude: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> torch.Tensor:
-    """Cross-entropy of ``target`` columns of ``logits`` [B, C]; ``exclude`` = (rows, cols) of false negatives."""
-    if exclude is not None and len(exclude[0]):
-        logits = logits.index_put(exclude, torch.tensor(float("-inf"), device=logits.device))
-    return F.cross_entropy(logits, target)
-
-
-def bit_penalty(z: torch.Tensor) -> torch.Tensor:
-    """z [n, K] -> scalar: ``mean_k mean(z_k)^2 + mean_{k != l} cov(z_k, z_l)^2``.
-
-    The first term pulls every bit towards half +1 and half -1 over the rows, the second decorrelates the
-    bits, so that K bits carry close to K bits of information about the rows (0 for balanced independent
-    +-1 bits).
-    """
-    n, k = z.shape
-    mean = z.mean(dim=0)
-    zc = z - mean
-    cov = zc.T @ zc / max(n - 1, 1)
-    off = cov - torch.diag_embed(torch.diagonal(cov))
-    return mean.pow(2).mean() + off.pow(2).sum() / max(k * (k - 1), 1)
+def softmax_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of column 0 (the positive) of ``logits`` [B, 1 + S] (masked entries hold -1e4)."""
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:

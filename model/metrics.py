@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 100_002, dtype=np.float64))
 
 

@@ -5,13 +5,17 @@ Layout (docs/architecture.md)::
     RUN_DIR/
       config.json      the full TrainConfig (DataConfig included) + its fingerprint
       dataset/         Dataset.save(): the exact id maps and splits trained on
-      last.pt          checkpoint after the last finished epoch (model, optimizer, RNG, schedule, counters)
-      best.pt          model weights of the best validation result
-      metrics.jsonl    one JSON object per epoch
+      last.pt          checkpoint after the last finished epoch of the phase in progress (model, optimizer,
+                       every rank's RNG states, the phase's outcome so far, elapsed time)
+      best.pt          the selected model (best validation epoch of the select phase)
+      refit.pt         the refit model (train + validation, the selected number of epochs), when refitting
+      selection.json   the selected epoch and value, why selection stopped, the refit's outcome
+      metrics.jsonl    one JSON object per epoch and phase (losses, validation, timings)
       curves.png       training curves
-      embeddings.npz   from best.pt: user_z [n_users, K], item_z [n_items, K] float32 (the code head's tanh
-                       outputs; codes are sign(z)), user_vectors / item_vectors (the re-rank head; absent
-                       when it is the code head) and the fold-in arrays (FOLDIN_KEYS)
+      embeddings.npz   the served model (refit.pt, else best.pt) over the known graph: user_z / item_z
+                       [n, K] float32 (the code head's tanh outputs; codes are sign(z)), user_vectors /
+                       item_vectors (the re-rank head; absent when it is the code head), fold-in arrays
+      valid_embeddings.npz  best.pt over the training graph only: what `evaluate --split valid` scores
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a run killed at any
 moment leaves either the old or the new file, never half of one.
@@ -39,9 +43,11 @@ CONFIG = "config.json"
 DATASET = "dataset"
 LAST = "last.pt"
 BEST = "best.pt"
+REFIT = "refit.pt"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 EMBEDDINGS = "embeddings.npz"
+VALID_EMBEDDINGS = "valid_embeddings.npz"
 FOLDIN_KEYS = (
     "foldin_item",
     "foldin_power",
@@ -113,20 +119,27 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Keep only records with ``epoch <= last_epoch`` (on resume: drop epochs the checkpoint does not hold)."""
-    kept = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= last_epoch]
+def truncate_metrics(run_dir: Path, phase: str, last_epoch: int) -> None:
+    """On resume: keep the records of earlier phases and this ``phase``'s up to ``last_epoch`` (the
+    checkpoint's), drop the epochs the checkpoint does not hold."""
+    order = ["select", "refit"]
+    kept = [
+        r
+        for r in read_metrics(run_dir)
+        if order.index(r.get("phase", "select")) < order.index(phase)
+        or (r.get("phase", "select") == phase and r.get("epoch", 0) <= last_epoch)
+    ]
     write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def save_embeddings(run_dir: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``embeddings.npz`` atomically (float32 arrays; see the module docstring)."""
+def save_embeddings(run_dir: Path, arrays: dict[str, np.ndarray], name: str = EMBEDDINGS) -> None:
+    """Write ``embeddings.npz`` (or another set of arrays, ``name``) atomically (see the module docstring)."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    atomic_write(Path(run_dir) / EMBEDDINGS, write)
+    atomic_write(Path(run_dir) / name, write)
 
 
 def plot_curves(run_dir: Path) -> None:

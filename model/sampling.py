@@ -8,6 +8,8 @@ keys). After ``rounds`` re-draws the few remaining collisions are kept: with a s
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from hashrec.data import BipartiteGraph
@@ -44,7 +46,43 @@ class NegativeSampler:
         return neg
 
 
-def edge_batches(n_edges: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """A random permutation of edge indices cut into batches (the last one may be smaller)."""
+def epoch_batches(
+    n_edges: int, batch_size: int, rng: np.random.Generator, rank: int = 0, world: int = 1
+) -> list[np.ndarray]:
+    """One epoch of edge indices for process ``rank`` of ``world``: a random permutation (the same on every
+    rank: ``rng`` is seeded alike) cut into global batches of ``batch_size``, each split into ``world``
+    nearly equal parts, of which this rank takes one.
+
+    Every edge is in exactly one rank's batches, every rank gets the same number of steps, and a step's
+    global batch is what one process would train on. A last batch smaller than ``world`` edges joins the
+    one before it, so no rank gets an empty step.
+    """
     perm = rng.permutation(n_edges)
-    return [perm[s : s + batch_size] for s in range(0, n_edges, batch_size)]
+    bounds = [*list(range(0, n_edges, batch_size)), n_edges]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < world:
+        del bounds[-2]
+    return [np.array_split(perm[a:b], world)[rank] for a, b in itertools.pairwise(bounds)]
+
+
+def shared_positive_pairs(
+    graph: BipartiteGraph, users: np.ndarray, shared: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): example ``rows`` whose user has a training edge to ``shared[cols]``.
+
+    Those shared items are the example's own positives, not negatives, so the softmax masks them. Found
+    from the items' user lists (about S x mean degree entries), never from a [B, S] comparison.
+    """
+    iu = graph.item_users
+    starts, ends = iu.indptr[shared], iu.indptr[np.asarray(shared) + 1]
+    lens = ends - starts
+    cols = np.repeat(np.arange(len(shared)), lens)
+    offsets = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    item_users = iu.indices[np.repeat(starts, lens) + offsets].astype(np.int64)
+    order = np.argsort(users, kind="stable")
+    sorted_users = np.asarray(users, np.int64)[order]
+    lo = np.searchsorted(sorted_users, item_users, "left")
+    hi = np.searchsorted(sorted_users, item_users, "right")
+    counts = hi - lo
+    first = np.repeat(lo, counts)
+    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return order[first + within].astype(np.int64), np.repeat(cols, counts).astype(np.int64)

@@ -16,6 +16,7 @@ from hashrec.model.encoders import (
     sample_neighbours,
     svd_init,
 )
+from hashrec.data.codes import pack
 from hashrec.index.bundle import FoldIn
 from hashrec.index.retriever import Retriever
 from hashrec.model.hashgnn import HashGNN
@@ -129,10 +130,10 @@ def test_svd_init_spans_the_top_singular_space() -> None:
     assert np.array_equal(ue, ue2)
 
 
-def folded_vector(
-    arrays: dict[str, np.ndarray], uz: np.ndarray, iz: np.ndarray, items: np.ndarray
-) -> np.ndarray:
-    """The re-rank vector the serving path (Retriever.encode_new) computes for a new user with ``items``."""
+def folded(
+    arrays: dict[str, np.ndarray], emb: dict[str, np.ndarray], items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(code, re-rank vector) the serving path (Retriever.encode_new) computes for a new user with ``items``."""
     fi = FoldIn(
         item=arrays["foldin_item"],
         power=float(arrays["foldin_power"]),
@@ -141,8 +142,15 @@ def folded_vector(
         vector_weight=arrays["foldin_vector_weight"],
         vector_bias=arrays["foldin_vector_bias"],
     )
-    r = Retriever.from_arrays(uz, iz, foldin=fi)
-    return r.encode_new([[str(i) for i in items]]).vectors[0]
+    r = Retriever.from_arrays(
+        emb["user_z"],
+        emb["item_z"],
+        user_vectors=emb.get("user_vectors"),
+        item_vectors=emb.get("item_vectors"),
+        foldin=fi,
+    )
+    new = r.encode_new([[str(i) for i in items]])
+    return new.codes[0], new.vectors[0]
 
 
 def test_lightgcn_foldin_is_exact_for_a_user_without_id_embedding(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -152,10 +160,11 @@ def test_lightgcn_foldin_is_exact_for_a_user_without_id_embedding(tmp_path) -> N
     u = 7
     with torch.no_grad():  # fold-in assumes an unknown user has no ID embedding
         model.encoder.user_emb.weight[u] = 0.0
-    uz, iz = model.embed_all()
-    arrays = model.foldin(g.user_items)
-    z = folded_vector(arrays, uz, iz, g.items_of(u))
-    assert np.allclose(z, uz[u], atol=1e-5)
+    emb = model.embed_all()
+    code, vector = folded(model.foldin(g.user_items), emb, g.items_of(u))
+    # both heads are exact: the code is the user's code, the vector its re-rank vector
+    assert np.array_equal(code, pack(emb["user_z"][u : u + 1])[0])
+    assert np.allclose(vector, emb["user_vectors"][u], atol=1e-5)
 
 
 def test_sage_foldin_arrays_have_the_contract_shapes(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -167,7 +176,7 @@ def test_sage_foldin_arrays_have_the_contract_shapes(tmp_path) -> None:  # type:
     assert arrays["foldin_code_weight"].shape == (8, cfg.dense_dim)
     assert arrays["foldin_code_bias"].shape == (8,)
     assert arrays["foldin_power"].shape == ()
-    z = folded_vector(arrays, *model.embed_all(), np.array([1, 2, 3]))
+    _code, z = folded(arrays, model.embed_all(), np.array([1, 2, 3]))
     assert z.shape == (8,) and np.all(np.abs(z) < 1)
 
 

@@ -23,16 +23,17 @@ BITS = 16
 
 
 def make_run(ds: Dataset, out: Path, bits: int = BITS) -> Path:
-    """A run directory as training leaves it (dataset/ + embeddings.npz), with SVD embeddings."""
-    known = ds.graph("known").user_items
-    u, v = svd_embeddings(known, bits)
-    # scale so that tanh keeps the ranking information (z must look like the hash layer's outputs)
-    s = 1.0 / float(np.abs(v).max())
+    """A run directory as training leaves it (config, dataset/, embeddings.npz over the known graph and
+    valid_embeddings.npz over the training graph), with SVD embeddings."""
     out.mkdir(parents=True)
     assert ds.config is not None
     save_config(out, TrainConfig.preset_config("default", ds.config, bits=bits))
     ds.save(out / "dataset")
-    np.savez(out / "embeddings.npz", user_z=np.tanh(u * s), item_z=np.tanh(v * s))
+    for name, graph in (("embeddings.npz", "known"), ("valid_embeddings.npz", "train")):
+        u, v = svd_embeddings(ds.graph(graph).user_items, bits)  # type: ignore[arg-type]
+        # scale so that tanh keeps the ranking information (z must look like the hash layer's outputs)
+        s = 1.0 / float(np.abs(v).max())
+        np.savez(out / name, user_z=np.tanh(u * s), item_z=np.tanh(v * s))
     return out
 
 

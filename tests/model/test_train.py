@@ -19,10 +19,11 @@ from hashrec.model.baselines import popularity_topk
 from hashrec.model.config import ConfigError, TrainConfig
 from hashrec.data import DataConfig, Dataset
 from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
+from hashrec.data.codes import to_bits, unpack
 from hashrec.index.retriever import Retriever
 from hashrec.model.metrics import recall_ndcg
 from hashrec.model.run import RunError, load_run
-from hashrec.model.train import train
+from hashrec.model.train import read_selection, train
 from hashrec.model.evaluate import score_modes
 
 HASHREC = str(Path(sys.executable).with_name("hashrec"))
@@ -147,6 +148,9 @@ def test_run_dir_layout_and_load_run(small_csv: Path, tmp_path: Path) -> None:
         "metrics.jsonl",
         "curves.png",
         "embeddings.npz",
+        "refit.pt",
+        "selection.json",
+        "valid_embeddings.npz",
     ):
         assert (out / name).exists(), name
     run = load_run(out)
@@ -154,9 +158,15 @@ def test_run_dir_layout_and_load_run(small_csv: Path, tmp_path: Path) -> None:
     assert run.dataset.fingerprint() == Dataset.load(out / "dataset").fingerprint()
     assert run.user_z.shape == (run.dataset.n_users, 16) and run.item_z.dtype == np.float32
     assert float(np.abs(run.user_z).max()) < 1.0
-    assert [r["epoch"] for r in run.metrics] == [1, 2]
+    sel = read_selection(out)
+    assert sel is not None and 1 <= sel["best_epoch"] <= 2 and sel["refit"]["done"]
+    # the selection's epochs with their validation, then the refit's, as many as the selected epoch
+    assert [(r["phase"], r["epoch"]) for r in run.metrics] == [("select", 1), ("select", 2)] + [
+        ("refit", e) for e in range(1, sel["best_epoch"] + 1)
+    ]
     for key in ("losses", "valid", "elapsed_s", "code_prob"):
         assert key in run.metrics[0]
+    assert "valid" not in run.metrics[-1]  # the refit trains on the validation edges: nothing to validate
     assert run.foldin is not None
     u = 5
     r = Retriever.from_arrays(
@@ -167,7 +177,8 @@ def test_run_dir_layout_and_load_run(small_csv: Path, tmp_path: Path) -> None:
     )
     new = r.encode_new([run.dataset.items.to_raw(run.dataset.graph("train").items_of(u))])
     # fold-in ignores the user's own ID embedding, so it approximates the trained code of a known user
-    assert float(np.mean(np.sign(new.vectors[0]) == np.sign(run.user_z[u]))) > 0.6
+    assert float(np.mean(unpack(new.codes)[0] == to_bits(run.user_z[u : u + 1])[0])) > 0.6
+    assert float(np.mean(np.sign(new.vectors[0]) == np.sign(run.user_vectors[u]))) > 0.6
 
 
 def test_checkpoint_from_another_config_is_refused(small_csv: Path, tmp_path: Path) -> None:
@@ -197,25 +208,24 @@ def _cli(out: Path, csv: Path, *extra: str) -> list[str]:
         "--set",
         "shared_negatives=64",
         "--set",
-        "valid_every=1",
+        "valid_every=8",  # one validation, at the end: epoch 8 is selected, so the refit runs 8 epochs too
         "--set",
         "select_candidates=50",
         *extra,
     ]
 
 
-def test_resume_after_sigkill_continues_exactly(small_csv: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("phase", ["select", "refit"])
+def test_resume_after_sigkill_continues_exactly(phase: str, small_csv: Path, tmp_path: Path) -> None:
+    """Killed in either phase, ``--resume`` ends exactly as an unbroken run (no time budget)."""
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen(_cli(killed, small_csv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            lines = (
-                (killed / "metrics.jsonl").read_text().splitlines()
-                if (killed / "metrics.jsonl").exists()
-                else []
-            )
-            if len(lines) >= 2:
+            path = killed / "metrics.jsonl"
+            records = [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
+            if sum(r["phase"] == phase for r in records) >= 2:
                 break
             if proc.poll() is not None:
                 pytest.fail("training finished before it could be killed: make the run longer")
@@ -229,17 +239,18 @@ def test_resume_after_sigkill_continues_exactly(small_csv: Path, tmp_path: Path)
     ckpt = torch.load(killed / "last.pt", weights_only=False)
     # metrics.jsonl gets its line just before last.pt is replaced, so a kill between the two leaves the
     # checkpoint one epoch behind the metrics (resume truncates the extra line): both states are valid.
-    assert 1 <= ckpt["epoch"] < 8
+    assert ckpt["phase"] == phase
     assert not (killed / "embeddings.npz").exists()
     # --resume continues from the checkpoint; without a time budget it ends exactly as an unbroken run
     p = subprocess.run(_cli(killed, small_csv, "--resume"), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert f"resumed after epoch {ckpt['epoch']}" in p.stderr
+    assert f"resumed the {ckpt['phase']} phase after epoch {ckpt['outcome']['epochs']}" in p.stderr
     subprocess.run(_cli(clean, small_csv), check=True, capture_output=True, timeout=300)
     a, b = load_run(killed), load_run(clean)
-    assert [r["epoch"] for r in a.metrics] == list(range(1, 9))
+    assert [r["phase"] for r in a.metrics].count("select") == 8
     assert _strip_times(a.metrics) == _strip_times(b.metrics)
-    assert np.array_equal(a.item_z, b.item_z) and np.array_equal(a.user_z, b.user_z)
+    assert np.array_equal(a.item_z, b.item_z) and np.array_equal(a.user_vectors, b.user_vectors)
+    assert read_selection(killed) == read_selection(clean)
     out = json.loads(p.stdout)
     assert out["run_dir"] == str(killed)
 

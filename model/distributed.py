@@ -1,0 +1,100 @@
+"""torch.distributed for the trainer: one process is the degenerate case of N, with the same code path.
+
+``torchrun --standalone --nproc-per-node=2 -m hashrec train ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_WORLD_SIZE`` and ``MASTER_ADDR/PORT``; :func:`setup` sees them and joins the process group (gloo on
+CPU, nccl on CUDA). Without them it returns a world of one, and every helper here is a no-op, so the
+single-process trainer is exactly the distributed one with ``world = 1``.
+
+What the trainer relies on (each a known way for DDP runs to go wrong; tests/model/test_distributed.py):
+
+- only rank 0 touches the run directory; the others wait at :meth:`Dist.barrier`;
+- decisions that end loops (time budget, early stop) are taken on rank 0 and broadcast
+  (:meth:`Dist.decide`), so no rank waits for a collective another rank will never join;
+- each process uses ``cores / processes on this node`` torch threads (:func:`threads_per_process`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run: ``rank`` of ``world`` processes, ``local_world`` on this node."""
+
+    rank: int = 0
+    world: int = 1
+    local_world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and validates."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (no-op for one process)."""
+        if self.enabled:
+            dist.barrier()
+
+    def decide(self, value: Any) -> Any:
+        """Rank 0's ``value``, on every rank (a picklable object; returned as is for one process)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank (``[value]`` for one process)."""
+        if not self.enabled:
+            return [value]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def close(self) -> None:
+        """Leave the process group (idempotent)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup(device: torch.device) -> Dist:
+    """Join the process group torchrun describes in the environment, or return a world of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank = int(os.environ["RANK"])
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        log.info("rank %d of %d joined the process group (%s)", rank, world, backend)
+    return Dist(rank=rank, world=world, local_world=local_world)
+
+
+def local_device(device: torch.device) -> torch.device:
+    """On CUDA, the GPU of this process's local rank; else ``device`` unchanged."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def threads_per_process(requested: int, local_world: int) -> int:
+    """Torch threads for one process: ``requested``, or the cores this process may use shared among the
+    processes of this node (torchrun sets OMP_NUM_THREADS=1, which a blanket ``os.cpu_count()`` undoes)."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world))
