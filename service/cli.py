@@ -45,24 +45,13 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         raise UserError(f"invalid service settings: {problems}") from err
 
 
-def _http_protocol() -> Any:
-    """The hardened httptools protocol, or uvicorn's default when httptools is not installed."""
-    try:
-        from .http_protocol import HardenedHttpToolsProtocol
-    except ImportError:  # uvicorn without [standard]: its default protocol (request heads unbounded)
-        log.warning(
-            "httptools is not installed: request heads are not bounded (pip install 'uvicorn[standard]')"
-        )
-        return "auto"
-    return HardenedHttpToolsProtocol
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     import uvicorn
 
-    from .app import create_app, limit_native_threads
+    from .app import create_app
+    from .runtime import limit_native_threads
     from .json_logs import setup_json_logging
     from .state import BundleLoadError, ServingState
 
@@ -86,8 +75,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "timeout_keep_alive": 5,
         "server_header": False,
         "backlog": 2048,
-        # bounded request heads, JSON errors even for requests that are not valid HTTP (http_protocol.py)
-        "http": _http_protocol(),
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings, snapshot), **common)
@@ -124,7 +111,7 @@ def _read_users(path: Path) -> list[str]:
 def _cmd_export(args: argparse.Namespace) -> int:
     from hashrec.data import UserError
 
-    from .app import limit_native_threads
+    from .runtime import limit_native_threads
     from .export_stream import write_candidates
     from .state import BundleLoadError, load_snapshot
 

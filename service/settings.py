@@ -104,25 +104,13 @@ class Settings(BaseSettings):
         description="each cached answer lives a TTL drawn from [ttl * (1 - jitter), ttl], so answers cached "
         "together do not all expire together",
     )
-    cache_refresh_ahead: float = Field(
-        default=0.1,
-        ge=0,
-        lt=1,
-        description="a cached answer served in the last this fraction of its TTL is recomputed once in the "
-        "background and stored again with a fresh TTL, so hot keys never expire into a wave of misses "
-        "(0 = off)",
+    cache_bytes: int = Field(
+        default=64 << 20, ge=1 << 16, description="bytes of answers (keys included) in the in-process LRU"
     )
-    cache_refresh_concurrency: int = Field(
-        default=16,
-        ge=1,
-        le=256,
-        description="background refreshes running at most at once (more are skipped)",
-    )
-    cache_size: int = Field(default=100_000, ge=1, description="entries in the in-process LRU")
-    near_cache_size: int = Field(
-        default=10_000,
+    near_cache_bytes: int = Field(
+        default=16 << 20,
         ge=0,
-        description="entries of the in-process LRU kept in front of Redis (0 = every hit goes to Redis)",
+        description="bytes of the in-process LRU kept in front of Redis (0 = every hit goes to Redis)",
     )
     redis_timeout_s: float = Field(default=0.05, gt=0, le=10, description="socket + connect timeout")
     redis_pool_size: int = Field(default=32, ge=1)

@@ -8,7 +8,7 @@ import time
 
 from fastapi import APIRouter, Header
 
-from ..context import Ctx
+from ..context import CtxDep
 from ..errors import ApiError, error_doc
 from ..schemas import ReloadRequest, ReloadResponse
 from ..state import BundleLoadError
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin"])
 
 
-def _check_token(ctx: Ctx, authorization: str | None) -> None:
+def _check_token(ctx: CtxDep, authorization: str | None) -> None:
     configured = ctx.settings.admin_token
     if configured is None:
         raise ApiError(
@@ -46,7 +46,7 @@ def _check_token(ctx: Ctx, authorization: str | None) -> None:
     responses=error_doc(401, 403, 404, 409, 422),
 )
 async def reload(
-    ctx: Ctx,
+    ctx: CtxDep,
     body: ReloadRequest | None = None,
     authorization: str | None = Header(default=None, description="`Bearer <HASHREC_ADMIN_TOKEN>`"),
 ) -> ReloadResponse:

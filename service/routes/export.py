@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from ..context import Ctx
+from ..context import CtxDep
 from ..errors import ApiError, error_doc
 from ..export_stream import iter_candidate_rows, rows_to_ndjson, unknown_users
 from ..schemas import ExportRequest, ExportRow
@@ -35,7 +35,7 @@ def build_router(settings: Settings) -> APIRouter:
             **error_doc(400, 413, 422),
         },
     )
-    async def export_candidates(ctx: Ctx, body: ExportRequest) -> StreamingResponse:
+    async def export_candidates(ctx: CtxDep, body: ExportRequest) -> StreamingResponse:
         """Rows are computed ``export_batch`` users at a time in the compute pool and sent as they are ready,
         so the server holds one batch, never the whole export. All rows come from the bundle version in the
         ``X-Model-Version`` header (a reload during the stream does not change it). Unknown user ids are

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from ..context import Ctx
+from ..context import CtxDep
 from ..schemas import Health, Status
 
 router = APIRouter(tags=["probes"])
@@ -33,7 +33,7 @@ async def livez() -> Status:
         503: {"model": Status, "description": "no bundle loaded (yet)"},
     },
 )
-async def readyz(ctx: Ctx) -> Response:
+async def readyz(ctx: CtxDep) -> Response:
     """200 when a bundle serves; 503 otherwise. Redis being down does not make the service unready."""
     snap = ctx.state.snapshot
     if snap is None:
@@ -42,7 +42,7 @@ async def readyz(ctx: Ctx) -> Response:
 
 
 @router.get("/healthz", response_model=Health, summary="Details: version, index, sizes, cache state")
-async def healthz(ctx: Ctx) -> Health:
+async def healthz(ctx: CtxDep) -> Health:
     """The served bundle's facts and the cache's state (Redis is pinged, bypassing the breaker)."""
     snap = ctx.state.snapshot
     cache_state = dict(ctx.cache.state())
@@ -70,7 +70,7 @@ async def healthz(ctx: Ctx) -> Health:
     response_class=Response,
     responses={200: {"content": {"text/plain": {"example": "hashrec_http_requests_total{...} 12.0"}}}},
 )
-async def metrics(ctx: Ctx) -> Response:
+async def metrics(ctx: CtxDep) -> Response:
     """The text exposition format of the app's registry."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
