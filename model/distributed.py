@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from hashrec.data import UserError
+from hashrec.model.run import RunError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,25 @@ class Dist:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 only and return its result on every rank; when it raises, every rank raises
+        (a RunError with rank 0's message), so no rank waits for a collective that will never come."""
+        result: tuple[str, Any] = ("ok", None)
+        if self.is_main:
+            try:
+                result = ("ok", fn())
+            except Exception as err:
+                if not self.enabled:
+                    raise
+                result = (
+                    "error",
+                    f"{type(err).__name__}: {err}" if not isinstance(err, UserError) else str(err),
+                )
+        kind, value = self.decide(result)
+        if kind == "error":
+            raise RunError(value)
+        return value
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank (``[value]`` for one process)."""

@@ -254,12 +254,17 @@ class HashGNN(nn.Module):
         """
         hu = _mix(z.u, draw) / (z.u.shape[-1] * tau)
         hp = _mix(z.pos, draw)
-        d = draw.to(hu.dtype)
         if bool(draw.all()):
             shared = hu @ ste_sign(z.shared).T
         elif not bool(draw.any()):
             shared = hu @ z.shared.T
-        else:
+        elif draw.shape[-1] == 1:  # one draw per example: each row in one space, one product's worth of work
+            rows = draw[:, 0]
+            shared = hu.new_empty((len(hu), len(z.shared)))
+            shared = shared.index_put((rows.nonzero()[:, 0],), hu[rows] @ ste_sign(z.shared).T)
+            shared = shared.index_put(((~rows).nonzero()[:, 0],), hu[~rows] @ z.shared.T)
+        else:  # per-bit draws: bit by bit, the code part and the continuous part
+            d = draw.to(hu.dtype)
             shared = (hu * d) @ ste_sign(z.shared).T + (hu * (1 - d)) @ z.shared.T
         logits = torch.cat([(hu * hp).sum(-1, keepdim=True), shared], dim=1)
         if mask is not None:

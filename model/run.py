@@ -39,6 +39,11 @@ from hashrec.model.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
+
+class RunError(DataError):
+    """A run cannot go on as asked (its directory, checkpoint, device, process group or data)."""
+
+
 CONFIG = "config.json"
 DATASET = "dataset"
 LAST = "last.pt"
@@ -56,10 +61,6 @@ FOLDIN_KEYS = (
     "foldin_vector_weight",
     "foldin_vector_bias",
 )
-
-
-class RunError(DataError):
-    """A run directory cannot be used as asked (exists, incomplete, or from another config/dataset)."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

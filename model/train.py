@@ -34,6 +34,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -293,6 +294,23 @@ class Phase:
             o.step()
         return {k: v.detach() for k, v in losses.items()}
 
+    def check_replicas(self) -> None:
+        """Raise RunError unless every rank holds the same parameters (a hash of them, gathered).
+
+        DDP synchronises gradients only through its module's forward: a loss computed any other way trains
+        diverging replicas without an error. This check makes that loud, after every epoch.
+        """
+        if not self.dist.enabled:
+            return
+        h = hashlib.sha256()
+        for t in self.model.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        hashes = self.dist.gather(h.hexdigest())
+        if len(set(hashes)) > 1:
+            raise RunError(
+                f"{self.name} phase: the replicas' parameters differ after epoch {self.outcome.epochs} ({hashes})"
+            )
+
     def epoch_batches(self) -> list[np.ndarray]:
         return epoch_batches(
             len(self.edges[0]), self.cfg.batch_size, self.order_rng, self.dist.rank, self.dist.world
@@ -403,6 +421,7 @@ def run_phase(
         if steps < len(batches):
             break  # a partial epoch is never counted, checkpointed or selected
         out.epochs += 1
+        phase.check_replicas()
         if selection is None:  # the schedule's position at this epoch's end, for a refit to replay
             out.progress.append(progress_of(out.epochs, 0.0, ctx.budget.elapsed()))
         record: dict[str, Any] = {
@@ -602,13 +621,20 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, dist: Dist, resume
     torch.set_num_threads(threads)
     if device.type == "cpu":
         _keep_freed_memory()
-    resuming = dist.decide(_prepare_dir(cfg, out, resume, force) if dist.is_main else None)
-    if dist.is_main and not resuming:
-        ds = load_dataset(cfg.data)
-        ds.save(out / rundir.DATASET)
-        rundir.save_config(out, cfg)
-    dist.barrier()  # the other ranks read the dataset rank 0 saved: every rank trains on the same ids
-    ds = Dataset.load(out / rundir.DATASET) if (resuming or not dist.is_main) else ds
+    if not dist.is_main:  # one voice: the other ranks log warnings and errors only
+        logging.getLogger("hashrec").setLevel(logging.WARNING)
+
+    def prepare() -> bool:
+        resuming = _prepare_dir(cfg, out, resume, force)
+        if not resuming:
+            ds = load_dataset(cfg.data)
+            ds.save(out / rundir.DATASET)
+            rundir.save_config(out, cfg)
+        return resuming
+
+    # rank 0 prepares the directory and saves the dataset; every rank then reads that same dataset
+    resuming = dist.on_main(prepare)
+    ds = Dataset.load(out / rundir.DATASET)
     if ds.n_users < 2 or ds.n_items < 2 or len(ds.train) == 0:
         raise RunError(
             f"{cfg.data.path}: too little data to train on ({ds.n_users} users, {ds.n_items} items)"
@@ -631,7 +657,12 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, dist: Dist, resume
     budget = Budget(60.0 * cfg.time_budget_min if cfg.time_budget_min else math.inf)
     if st is not None:
         budget.start -= float(st["elapsed"])
-        log.info("resumed the %s phase after epoch %d (%.0f s spent)", st["phase"], st["outcome"]["epochs"], st["elapsed"])
+        log.info(
+            "resumed the %s phase after epoch %d (%.0f s spent)",
+            st["phase"],
+            st["outcome"]["epochs"],
+            st["elapsed"],
+        )
         if dist.is_main:
             rundir.truncate_metrics(out, st["phase"], st["outcome"]["epochs"])
     ctx = Context(cfg, ds, device, dist, out, budget)

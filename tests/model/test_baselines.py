@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from hashrec.data import Dataset
 from hashrec.model.baselines import (
-    mask_scores,
-    topk_rows,
     item_filter_topk,
+    mask_scores,
     normalized_interactions,
     popularity_topk,
     svd_embeddings,
+    topk_rows,
 )
-from hashrec.data import Dataset
 from hashrec.model.metrics import recall_ndcg
 
 

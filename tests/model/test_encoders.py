@@ -7,8 +7,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from hashrec.model.config import TrainConfig
 from hashrec.data import BipartiteGraph, DataConfig
+from hashrec.data.codes import pack
+from hashrec.index.bundle import FoldIn
+from hashrec.index.retriever import Retriever
+from hashrec.model.config import TrainConfig
 from hashrec.model.encoders import (
     LightGCNEncoder,
     SageEncoder,
@@ -16,9 +19,6 @@ from hashrec.model.encoders import (
     sample_neighbours,
     svd_init,
 )
-from hashrec.data.codes import pack
-from hashrec.index.bundle import FoldIn
-from hashrec.index.retriever import Retriever
 from hashrec.model.hashgnn import HashGNN
 from hashrec.model.sampling import NegativeSampler
 

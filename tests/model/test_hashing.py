@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from hashrec.data import DataConfig
 from hashrec.data.codes import to_signs
 from hashrec.model.config import TrainConfig
-from hashrec.data import DataConfig
 from hashrec.model.hashing import HashLayer, code_probability, draw_codes, sign, ste_sign
 
 

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+from hashrec.data import DataConfig, Dataset
+from hashrec.data.codes import to_bits, unpack
+from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
+from hashrec.index.retriever import Retriever
 from hashrec.model.baselines import popularity_topk
 from hashrec.model.config import ConfigError, TrainConfig
-from hashrec.data import DataConfig, Dataset
-from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
-from hashrec.data.codes import to_bits, unpack
-from hashrec.index.retriever import Retriever
+from hashrec.model.evaluate import score_modes
 from hashrec.model.metrics import recall_ndcg
 from hashrec.model.run import RunError, load_run
 from hashrec.model.train import read_selection, train
-from hashrec.model.evaluate import score_modes
 
 HASHREC = str(Path(sys.executable).with_name("hashrec"))
 
@@ -224,7 +224,11 @@ def test_resume_after_sigkill_continues_exactly(phase: str, small_csv: Path, tmp
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             path = killed / "metrics.jsonl"
-            records = [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
+            records = (
+                [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+                if path.exists()
+                else []
+            )
             if sum(r["phase"] == phase for r in records) >= 2:
                 break
             if proc.poll() is not None:

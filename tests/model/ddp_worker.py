@@ -1,0 +1,52 @@
+"""A torchrun worker for tests/model/test_distributed.py (not a test module): trains one phase with ranks
+that start from different seeds, with losses through DDP (``sync``) or around it (``bypass``).
+
+    torchrun --standalone --nproc-per-node=2 tests/model/ddp_worker.py sync|bypass OUT_DIR DATA_CSV
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from hashrec.data import DataConfig, load_dataset
+from hashrec.model.config import TrainConfig
+from hashrec.model.distributed import setup
+from hashrec.model.run import RunError
+from hashrec.model.train import Budget, Context, Phase, run_phase
+
+
+def main(mode: str, out: Path, csv: str) -> None:
+    dist = setup(torch.device("cpu"))
+    torch.set_num_threads(1)
+    cfg = TrainConfig.preset_config(
+        "default", DataConfig(path=csv), batch_size=512, shared_negatives=64, epochs=2, progress=False
+    )
+    ds = load_dataset(cfg.data)
+    # every rank starts from another initialisation: only DDP's broadcast at wrap time makes them equal
+    phase = Phase(
+        "select",
+        cfg.replace(seed=cfg.seed + dist.rank),
+        ds,
+        ds.graph("train"),
+        torch.device("cpu"),
+        dist,
+        out,
+    )
+    if mode == "bypass":
+        phase.step_module = phase.model  # the bug: losses computed around DDP, gradients never averaged
+    ctx = Context(cfg, ds, torch.device("cpu"), dist, out, Budget(math.inf))
+    try:
+        outcome = run_phase(ctx, phase, cfg.epochs)
+        (out / f"rank{dist.rank}.txt").write_text(f"ok {outcome.epochs}\n")
+    except RunError as err:
+        (out / f"rank{dist.rank}.txt").write_text(f"error {err}\n")
+    finally:
+        dist.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])
