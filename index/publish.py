@@ -45,6 +45,8 @@ from .bundle import (
 
 log = logging.getLogger(__name__)
 
+LEASES = ".leases"
+
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as f:
@@ -267,13 +269,47 @@ def publish(bundles_dir: str | Path, version: str) -> None:
     fsync_dir(bundles)
 
 
+def write_lease(bundles_dir: str | Path, holder: str, version: str, ttl_s: float) -> None:
+    """Record that ``holder`` (a serving process) serves ``version`` for the next ``ttl_s`` seconds.
+
+    Leases live in ``BUNDLES_DIR/.leases/<holder>.json`` (atomic replace); :func:`prune` keeps every version
+    with a live lease, so a replica that has not switched yet never loses the files it serves. Raises
+    OSError when the directory is not writable (the caller decides how loud to be).
+    """
+    d = Path(bundles_dir) / LEASES
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{holder}.{uuid.uuid4().hex[:6]}"
+    tmp.write_text(json.dumps({"version": version, "expires": time.time() + ttl_s}))
+    os.replace(tmp, d / f"{holder}.json")
+
+
+def drop_lease(bundles_dir: str | Path, holder: str) -> None:
+    """Remove ``holder``'s lease (a clean shutdown); missing is fine."""
+    (Path(bundles_dir) / LEASES / f"{holder}.json").unlink(missing_ok=True)
+
+
+def leased_versions(bundles_dir: str | Path) -> set[str]:
+    """Versions with at least one unexpired lease (unreadable or expired lease files are ignored)."""
+    now, out = time.time(), set()
+    for f in (Path(bundles_dir) / LEASES).glob("*.json"):
+        try:
+            body = json.loads(f.read_text())
+            if float(body["expires"]) > now:
+                out.add(str(body["version"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def prune(bundles_dir: str | Path, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` versions, never the current one; returns the deleted names."""
+    """Delete all but the newest ``keep`` versions, never the current one nor one that a live replica
+    serves (:func:`leased_versions`); returns the deleted names."""
     bundles = Path(bundles_dir)
     cur = bundles / CURRENT
     current = os.readlink(cur) if cur.is_symlink() else None
     versions = list_versions(bundles)
-    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v != current]
+    protected = leased_versions(bundles) | {current}
+    doomed = [v for v in versions[: max(0, len(versions) - keep)] if v not in protected]
     for v in doomed:
         trash = bundles / f".trash-{v}-{uuid.uuid4().hex[:6]}"
         os.rename(bundles / v, trash)

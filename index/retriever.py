@@ -117,8 +117,9 @@ class Retriever:
         self.observe = observe
         self.n_items = bundle.n_items
         self.bits = bundle.bits
-        self._seen_indptr = np.asarray(bundle.seen.indptr, dtype=np.int64)
-        self._seen_indices = np.asarray(bundle.seen.indices, dtype=np.int64)
+        # views of the bundle's arrays, not copies: the memory-mapped pages stay shared between processes
+        self._seen_indptr = bundle.seen.indptr
+        self._seen_indices = bundle.seen.indices
         pop = np.asarray(bundle.popularity, dtype=np.int64)
         # popularity order (count desc, id asc), computed once so that popular() is a cheap walk
         self._pop_order = np.lexsort((np.arange(len(pop)), -pop))
@@ -193,8 +194,8 @@ class Retriever:
         return raw_id in self.bundle.users
 
     def seen_items(self, user: int) -> np.ndarray:
-        """Internal ids (sorted) of the known items of one internal user id."""
-        return self._seen_indices[self._seen_indptr[user] : self._seen_indptr[user + 1]]
+        """Internal ids (sorted, int64) of the known items of one internal user id."""
+        return self._seen_indices[self._seen_indptr[user] : self._seen_indptr[user + 1]].astype(np.int64)
 
     def user_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes uint8 [n, bits/8], vectors float32 [n, dim]) of internal user ids."""
@@ -311,7 +312,7 @@ class Retriever:
         the row's ``exclude`` ids left out (empty slots: -inf, -1).
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        n, k = len(vectors), min(int(k), self.n_items)
+        k = min(int(k), self.n_items)
         most = max((len(e) for e in exclude), default=0) if exclude is not None else 0
         width = min(self.n_items, k + most)
         faiss.omp_set_num_threads(self.threads)

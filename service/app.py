@@ -20,7 +20,7 @@ from .errors import install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import ServiceMiddleware
 from .routes import admin, export, health, recommend
-from .runtime import GcPauseMonitor, LoopLagMonitor, freeze_startup_heap, limit_native_threads
+from .runtime import GcPauseMonitor, LoopLagMonitor, freeze_startup_heap, install_drain, limit_native_threads
 from .settings import Settings
 from .state import Snapshot
 
@@ -45,13 +45,17 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         limit_native_threads(1)
         async with open_context(settings, metrics, snapshot) as ctx:
             app.state.ctx = ctx
+            restore = install_drain(lambda: setattr(ctx.state, "draining", True), settings.drain_s)
             if settings.gc_freeze:
-                log.info("start-up heap frozen: %d objects out of the collector's reach", freeze_startup_heap())
+                log.info(
+                    "start-up heap frozen: %d objects out of the collector's reach", freeze_startup_heap()
+                )
             gc_monitor.install()
             loop_lag.start()
             try:
                 yield
             finally:
+                restore()
                 await loop_lag.stop()
                 gc_monitor.uninstall()
         # uvicorn may re-raise SIGTERM and kill the process right after this: write queued logs now
@@ -63,10 +67,18 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
     install_error_handlers(app)
     # first, shadowing the documented APIRoute of the same path (kept for a measured gain: recommend.py)
     app.router.routes.append(recommend.fast_get_route(settings))
-    for router in (recommend.build_router(settings), export.build_router(settings), health.router, admin.router):
+    for router in (
+        recommend.build_router(settings),
+        export.build_router(settings),
+        health.router,
+        admin.router,
+    ):
         app.include_router(router)
     app.add_middleware(
-        ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes, log_requests=settings.access_log
+        ServiceMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        log_requests=settings.access_log,
     )
     return app
 

@@ -201,7 +201,12 @@ class LruCache:
 
     def state(self) -> dict[str, object]:
         """Backend, entries, bytes used and allowed."""
-        return {"backend": self.backend, "entries": len(self._data), "bytes": self.bytes, "max_bytes": self.max_bytes}
+        return {
+            "backend": self.backend,
+            "entries": len(self._data),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+        }
 
 
 class CircuitBreaker:

@@ -4,6 +4,8 @@ process (the tests do)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +40,13 @@ class ServiceContext:
     export_executor: ThreadPoolExecutor  # candidate exports: never queue online requests behind them
     quality: QualityMonitor
     started: float = field(default_factory=time.monotonic)
+    exports: int = 0  # export streams running now (capped by settings.max_exports)
+
+    async def switched(self, snap: Snapshot) -> None:
+        """After a switch: free the local cache (its keys name the old version) and say what is served."""
+        await self.cache.clear()
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.set_bundle(snap.version, snap.index_type, snap.n_items, snap.n_users, snap.bits)
 
     def snapshot(self) -> Snapshot:
         """The snapshot this request will use from start to end; 503 when none is loaded."""
@@ -65,12 +74,21 @@ async def open_context(
     """Load the bundle (or take ``snapshot``, already loaded by ``hashrec serve``), make the cache, the
     thread pools, the batcher and the quality monitor; close them all on exit."""
     observe = _stage_observer(metrics)
-    state = ServingState(settings.bundles, threads=1, observe=observe, mmap=settings.bundle_mmap)
+    state = ServingState(
+        settings.bundles,
+        threads=1,
+        observe=observe,
+        mmap=settings.bundle_mmap,
+        pinned=settings.bundle_version,
+        runtime_dir=settings.runtime_dir,
+        lease_ttl_s=settings.lease_ttl_s,
+    )
     if snapshot is not None:
         snapshot.retriever.observe = observe
         state.snapshot = snapshot
+        state.report()
     else:
-        state.load_initial(settings.bundle_version)
+        state.load_initial()
     snap = state.snapshot
     assert snap is not None
     metrics.set_bundle(snap.version, snap.index_type, snap.n_items, snap.n_users, snap.bits)
@@ -100,7 +118,9 @@ async def open_context(
         state=state,
         cache=cache,
         executor=executor,
-        batcher=MicroBatcher(executor, settings.compute_threads, observe=observe_batch, inline_users=settings.inline_users),
+        batcher=MicroBatcher(
+            executor, settings.compute_threads, observe=observe_batch, inline_users=settings.inline_users
+        ),
         export_executor=export_executor,
         quality=QualityMonitor(metrics.registry, settings.quality_sample_rate, executor),
     )
@@ -113,9 +133,17 @@ async def open_context(
         settings.cache_backend,
         settings.compute_threads,
     )
+    follower = None
+    if settings.bundle_poll_s > 0:
+        follower = asyncio.get_running_loop().create_task(state.follow(settings.bundle_poll_s, ctx.switched))
     try:
         yield ctx
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        state.close()
         await cache.close()
         executor.shutdown(wait=False, cancel_futures=True)
         export_executor.shutdown(wait=False, cancel_futures=True)

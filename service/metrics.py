@@ -87,6 +87,14 @@ class ServiceMetrics:
         self.reloads = Counter(
             "hashrec_bundle_reloads", "Bundle reload attempts by result", ["result"], registry=r
         )
+        self.shed = Counter(
+            "hashrec_shed_requests",
+            "Requests answered 503 instead of computed, by reason (inflight = too many requests in progress in "
+            "this worker, deadline = waited past its deadline, exports = too many exports running, draining)",
+            ["reason"],
+            registry=r,
+        )
+        self.inflight = Gauge("hashrec_inflight_requests", "Requests in progress in this worker", registry=r)
         self.exported_rows = Counter(
             "hashrec_export_rows", "Rows streamed by POST /candidates/export", registry=r
         )

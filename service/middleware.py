@@ -1,10 +1,17 @@
-"""The service's one ASGI middleware: request id, body-size limit, metrics and the access log.
+"""The service's one ASGI middleware: request id, admission control, API token, body-size limit, metrics and
+the access log.
 
 Pure ASGI (not Starlette's ``BaseHTTPMiddleware``, which costs a task and a stream per request) because
 it runs on every request, including the benchmark's floor endpoint.
 
 - **Request id**: ``X-Request-ID`` from the client when safe to echo, else a new one; set on the response
   and in a context variable that every log line of the request carries.
+- **Admission control**: at most ``max_inflight`` requests in progress in this worker (probes and metrics
+  are never counted nor refused); past it, 503 ``overloaded`` with ``Retry-After`` at once, in the one error
+  shape, instead of a queue that grows until every request is late. The arrival time is left in the scope
+  (``hashrec.arrival``) for the handlers' deadlines.
+- **API token** (``api_token``): every endpoint but the probes and the admin one (which has its own token)
+  asks for ``Authorization: Bearer <token>``; 401 otherwise.
 - **Body limit**: bodies larger than ``max_body_bytes`` get 413 in the one error shape, whether the client
   announced the size (``Content-Length``) or streamed it chunked; the body is read here (bounded) and
   replayed to the app.
@@ -14,6 +21,7 @@ it runs on every request, including the benchmark's floor endpoint.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -32,22 +40,41 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 access_log = logging.getLogger("hashrec.access")
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
 def _error_body(code: str, message: str, field: str | None) -> bytes:
     return json.dumps({"error": {"code": code, "message": message, "field": field}}).encode()
 
 
+def bearer_ok(headers: dict[bytes, bytes], token: str) -> bool:
+    """Whether the headers carry ``Authorization: Bearer <token>`` (constant-time comparison: the time
+    taken must not tell how much of a guess was right)."""
+    scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 class ServiceMiddleware:
     """Wraps the FastAPI app; see the module docstring."""
 
     def __init__(
-        self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int, log_requests: bool = True
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        log_requests: bool = True,
+        max_inflight: int = 0,
+        retry_after_s: int = 1,
+        api_token: str | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
+        self.max_inflight = max_inflight  # 0 = no limit
+        self.retry_after = str(retry_after_s).encode()
+        self.api_token = api_token
+        self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope (HTTP only; lifespan and others pass through)."""
@@ -55,9 +82,10 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        scope["hashrec.arrival"] = time.monotonic()
         headers = dict(scope.get("headers") or ())
         rid = accept_request_id(
-            headers.get(b"x-request-id", b"").decode("latin-1") if b"x-request-id" in headers else None
+            headers[b"x-request-id"].decode("latin-1") if b"x-request-id" in headers else None
         )
         token = request_id_var.set(rid)
         status_holder = [500]
@@ -71,11 +99,21 @@ class ServiceMiddleware:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        counted = scope["path"] not in PROBES
         try:
+            if counted and not await self._admit(scope, headers, send_wrapper):
+                return
             if scope["method"] in _BODY_METHODS:
                 body = await self._read_body(headers, receive)
                 if body is None:
-                    await self._send_413(send_wrapper)
+                    await self._send_error(
+                        send_wrapper,
+                        413,
+                        "body_too_large",
+                        f"request body exceeds the limit of {self.max_body_bytes} bytes",
+                        "body",
+                        close=True,
+                    )
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_wrapper)
@@ -84,41 +122,63 @@ class ServiceMiddleware:
             # nothing was sent yet) instead of letting the server drop the connection; log the stack once.
             access_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started[0]:
-                body = _error_body("internal", f"internal error (request id {rid})", None)
-                await send_wrapper(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
+                await self._send_error(
+                    send_wrapper, 500, "internal", f"internal error (request id {rid})", None
                 )
-                await send_wrapper({"type": "http.response.body", "body": body})
         finally:
-            elapsed = time.perf_counter() - t0
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
-            status = str(status_holder[0])
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, status).inc()
-            self.metrics.latency.labels(template, method, status).observe(elapsed)
-            if self.log_requests:
-                access_log.info(
-                    "%s %s %s %.2f ms",
-                    method,
-                    scope["path"],
-                    status,
-                    elapsed * 1000,
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "status": int(status),
-                        "ms": elapsed * 1000,
-                    },
-                )
+            if counted and scope.get("hashrec.admitted"):
+                self.inflight -= 1
+                self.metrics.inflight.set(self.inflight)
+            self._observe(scope, status_holder[0], time.perf_counter() - t0)
             request_id_var.reset(token)
+
+    async def _admit(self, scope: Scope, headers: dict[bytes, bytes], send: Send) -> bool:
+        """Admission control and the API token; answers the refusal itself (returns False then)."""
+        if self.max_inflight and self.inflight >= self.max_inflight:
+            self.metrics.shed.labels("inflight").inc()
+            await self._send_error(
+                send,
+                503,
+                "overloaded",
+                f"the service is at its limit of {self.max_inflight} requests in progress; retry later",
+                None,
+                extra=[(b"retry-after", self.retry_after)],
+            )
+            return False
+        if (
+            self.api_token is not None
+            and not scope["path"].startswith("/admin/")
+            and not bearer_ok(headers, self.api_token)
+        ):
+            await self._send_error(
+                send,
+                401,
+                "unauthorized",
+                "a valid `Authorization: Bearer <token>` header is required",
+                "header.authorization",
+                extra=[(b"www-authenticate", b"Bearer")],
+            )
+            return False
+        scope["hashrec.admitted"] = True
+        self.inflight += 1
+        self.metrics.inflight.set(self.inflight)
+        return True
+
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "<unmatched>"
+        method = scope["method"]
+        self.metrics.requests.labels(template, method, str(status)).inc()
+        self.metrics.latency.labels(template, method, str(status)).observe(elapsed)
+        if self.log_requests:
+            access_log.info(
+                "%s %s %s %.2f ms",
+                method,
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra={"method": method, "path": scope["path"], "status": status, "ms": elapsed * 1000},
+            )
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it exceeds the limit (announced or streamed)."""
@@ -144,21 +204,26 @@ class ServiceMiddleware:
                 break
         return b"".join(chunks)
 
-    async def _send_413(self, send: Send) -> None:
-        body = _error_body(
-            "body_too_large", f"request body exceeds the limit of {self.max_body_bytes} bytes", "body"
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
+    @staticmethod
+    async def _send_error(
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None,
+        *,
+        close: bool = False,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        body = _error_body(code, message, field)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(extra or []),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

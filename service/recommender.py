@@ -1,9 +1,14 @@
-"""Answering recommendation requests: cache-aside around the Retriever, fallbacks, JSON bodies.
+"""Answering recommendation requests: cache-aside around the Retriever, filters, fallbacks, JSON bodies.
 
 One snapshot per request (see ``state.py``): the cache key, the model call and the ``version`` field all
-come from it. Model calls run in the app's thread pool (FAISS and numpy release the GIL), never on the
-event loop. Answers are serialised once, as bytes: the items part of a model answer is what the cache
-stores, so a cache hit costs a dictionary look-up and a byte concatenation, no JSON encoding.
+come from it. Model calls go through the micro-batcher (``batcher.py``). Answers are serialised once, as
+bytes: the items part of a model answer is what the cache stores, so a cache hit costs a dictionary look-up
+and a byte concatenation, no JSON encoding.
+
+Filters (``exclude_items`` / ``include_items``, raw item ids applied to every user of a request) are
+resolved against the snapshot's items once per request; unknown ids are ignored and counted in ``reason``.
+Filtered answers are cached under keys that carry a digest of the resolved filters, so an answer is never
+served for another filter.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import answer_key
+import numpy as np
+
+from .batcher import NO_FILTERS, DeadlineExceeded, Filters
+from .cache import answer_key, filters_digest
 from .context import ServiceContext
 from .errors import ApiError
 from .state import Snapshot
 
 log = logging.getLogger(__name__)
-
 
 # Answers are built as bytes by hand, not by FastAPI's response model: kept for a measured gain, uncached
 # req/s x1.20 and CPU per request x1.18 (docs/service.md, bypass table); tests compare the bytes with the
@@ -71,6 +78,34 @@ class Params:
     k: int
     candidates: int
     exclude_seen: bool
+    filters: Filters = NO_FILTERS
+    deadline: float = float("inf")  # time.monotonic() after which the model call is not made
+
+    @property
+    def note(self) -> str | None:
+        """The ``reason`` a filtered answer carries when some filter ids were unknown."""
+        n = self.filters.unknown
+        return f"{n} unknown item id(s) in the filters ignored" if n else None
+
+
+def resolve_filters(snap: Snapshot, exclude: Sequence[str] | None, include: Sequence[str] | None) -> Filters:
+    """The request's raw-id filters as sorted internal ids of ``snap`` (unknown ids counted, ignored)."""
+    if not exclude and include is None:
+        return NO_FILTERS
+    r = snap.retriever
+    ex, unknown_ex = r.item_index(exclude or [])
+    inc, unknown_inc = r.item_index(include) if include is not None else (None, 0)
+    return Filters(
+        exclude=ex,
+        include=inc,
+        unknown=unknown_ex + unknown_inc,
+        digest=filters_digest(ex.tolist(), None if inc is None else inc.tolist()),
+    )
+
+
+def _join(*reasons: str | None) -> str | None:
+    parts = [r for r in reasons if r]
+    return "; ".join(parts) if parts else None
 
 
 class Recommender:
@@ -79,7 +114,9 @@ class Recommender:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
-    def params(self, k: int | None, candidates: int | None, exclude_seen: bool, where: str) -> Params:
+    def params(
+        self, k: int | None, candidates: int | None, exclude_seen: bool, where: str, **kw: Any
+    ) -> Params:
         """Apply defaults and limits; C is raised to k (recall can never return fewer than k items)."""
         s = self.ctx.settings
         k = s.default_k if k is None else k
@@ -93,10 +130,29 @@ class Recommender:
                 f"candidates: must be <= {s.max_candidates}, got {c}",
                 f"{where}.candidates",
             )
-        return Params(k, max(c, k), exclude_seen)
+        return Params(k, max(c, k), exclude_seen, **kw)
+
+    async def popular_items(self, snap: Snapshot, p: Params, exclude: np.ndarray | None = None) -> bytes:
+        """The top-k popular items of this snapshot within the request's filters (memoised per snapshot and
+        filter when nothing user-specific is excluded: never stale after a reload)."""
+        key = ("popular", p.k, p.filters.digest)
+        cached = snap.memo.get(key) if exclude is None else None
+        if cached is None:
+            ex = p.filters.exclude if exclude is None else np.union1d(p.filters.exclude, exclude)
+            rec = snap.retriever.popular(p.k, exclude=ex, allow=p.filters.include)
+            cached = items_json(rec, with_hamming=False)
+            if exclude is None:
+                snap.memo[key] = cached
+        return cached
+
+    async def fallback(self, snap: Snapshot, user: str, p: Params, reason: str) -> bytes:
+        """A popularity answer marked with its reason (counted in ``hashrec_fallbacks``)."""
+        self.ctx.metrics.fallbacks.labels(reason.split(":")[0]).inc()
+        items = await self.popular_items(snap, p)
+        return answer_json(user, snap.version, "popular", _join(reason, p.note), p.k, p.candidates, items)
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a model call in the compute pool; records its wall time (hand-off included)."""
+        """Run a model call in the compute pool (not on the event loop); records its wall time."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
@@ -104,27 +160,14 @@ class Recommender:
         finally:
             self.ctx.metrics.stage.labels("model").observe(time.perf_counter() - t0)
 
-    async def popular_items(self, snap: Snapshot, k: int) -> bytes:
-        """The top-k popular items of this snapshot (memoised per snapshot: never stale after a reload)."""
-        key = ("popular", k)
-        cached = snap.memo.get(key)
-        if cached is None:
-            rec = await self._run(snap.retriever.popular, k)
-            cached = items_json(rec, with_hamming=False)
-            snap.memo[key] = cached
-        return cached
-
-    async def fallback(self, snap: Snapshot, user: str, p: Params, reason: str) -> bytes:
-        """A popularity answer marked with its reason (counted in ``hashrec_fallbacks``)."""
-        self.ctx.metrics.fallbacks.labels(reason).inc()
-        return answer_json(
-            user, snap.version, "popular", reason, p.k, p.candidates, await self.popular_items(snap, p.k)
-        )
+    def _key(self, snap: Snapshot, user: str, p: Params) -> str:
+        return answer_key(snap.version, user, p.k, p.candidates, p.exclude_seen, p.filters.digest)
 
     async def for_users(self, snap: Snapshot, users: Sequence[str], p: Params, where: str) -> list[bytes]:
-        """Answers for known-or-unknown user ids, in order: cache hits, one model call for the misses.
+        """Answers for known-or-unknown user ids, in order: cache hits, one batched model call for the misses.
 
-        Unknown ids get the popularity fallback, or 404 naming the field when configured so.
+        Unknown ids get the popularity fallback, or 404 naming the field when configured so. Raises ApiError
+        503 when the model call's deadline passed before it ran.
         """
         r = snap.retriever
         out: list[bytes | None] = [None] * len(users)
@@ -140,33 +183,44 @@ class Recommender:
             else:
                 out[pos] = await self.fallback(snap, user, p, "unknown user")
         if known:
-            keys = [answer_key(snap.version, users[pos], p.k, p.candidates, p.exclude_seen) for pos in known]
-            hits = await self.ctx.cache.get_many(keys)
-            misses = [pos for pos, hit in zip(known, hits, strict=True) if hit is None]
+            hits = await self.ctx.cache.get_many([self._key(snap, users[pos], p) for pos in known])
             for pos, hit in zip(known, hits, strict=True):
                 if hit is not None:
-                    out[pos] = answer_json(users[pos], snap.version, "cache", None, p.k, p.candidates, hit)
+                    out[pos] = answer_json(users[pos], snap.version, "cache", p.note, p.k, p.candidates, hit)
+            misses = [pos for pos, hit in zip(known, hits, strict=True) if hit is None]
             if misses:
-                # one future per user; the batcher merges concurrent requests into shared Retriever calls
-                futs = self.ctx.batcher.submit(
-                    snap, [users[pos] for pos in misses], p.k, p.candidates, p.exclude_seen
-                )
-                recs = [await f for f in futs]
-                fresh: list[tuple[str, bytes]] = []
-                for pos, rec in zip(misses, recs, strict=True):
-                    if rec is None:  # has_user said yes: only possible with a bug in the retriever
-                        out[pos] = await self.fallback(snap, users[pos], p, "unknown user")
-                        continue
-                    body = items_json(rec)
-                    q = self.ctx.quality
-                    if q is not None and q.sampled():  # exact top-k in the background (quality_monitor.py)
-                        q.submit(snap.retriever, users[pos], rec.items, p.k, p.exclude_seen)
-                    fresh.append(
-                        (answer_key(snap.version, users[pos], p.k, p.candidates, p.exclude_seen), body)
-                    )
-                    out[pos] = answer_json(users[pos], snap.version, "model", None, p.k, p.candidates, body)
-                await self.ctx.cache.set_many(fresh)
+                await self._compute(snap, users, misses, p, out)
         return [b for b in out if b is not None]
+
+    async def _compute(
+        self, snap: Snapshot, users: Sequence[str], misses: list[int], p: Params, out: list[bytes | None]
+    ) -> None:
+        """The model's answers for ``users[misses]`` into ``out``, stored in the cache."""
+        futs = self.ctx.batcher.submit(
+            snap, [users[pos] for pos in misses], p.k, p.candidates, p.exclude_seen, p.filters, p.deadline
+        )
+        try:
+            recs = [await f for f in futs]
+        except DeadlineExceeded as err:
+            self.ctx.metrics.shed.labels("deadline").inc()
+            raise ApiError(
+                503,
+                "overloaded",
+                f"the request's deadline passed before it was computed ({err})",
+                headers=_retry(self.ctx),
+            ) from err
+        fresh: list[tuple[str, bytes]] = []
+        q = self.ctx.quality
+        for pos, rec in zip(misses, recs, strict=True):
+            if rec is None:  # has_user said yes: only possible with a bug in the retriever
+                out[pos] = await self.fallback(snap, users[pos], p, "unknown user")
+                continue
+            body = items_json(rec)
+            if not p.filters.digest and q.sampled():  # exact top-k in the background (quality_monitor.py)
+                q.submit(snap.retriever, users[pos], rec.items, p.k, p.exclude_seen)
+            fresh.append((self._key(snap, users[pos], p), body))
+            out[pos] = answer_json(users[pos], snap.version, "model", p.note, p.k, p.candidates, body)
+        await self.ctx.cache.set_many(fresh)
 
     async def for_new_users(self, snap: Snapshot, new_users: Sequence[Any], p: Params) -> list[bytes]:
         """Answers for users given as item lists: fold-in when the bundle allows it, else popularity.
@@ -174,6 +228,7 @@ class Recommender:
         Unknown item ids are ignored (items added after training are normal) and the ``reason`` says how
         many; when none of a user's items is known, or the bundle has no fold-in arrays, the answer is the
         popularity list with the reason. The given items are never recommended back (``exclude_seen``).
+        Fold-in answers are not cached: their key would be the item list.
         """
         from hashrec.index.retriever import FoldInUnavailable
 
@@ -190,13 +245,29 @@ class Recommender:
                     snap, new_users[pos].key, p, "none of the given items is known to the model"
                 )
         if rows:
+            f = p.filters
             recs = await self._run(
-                r.recommend_new, folded.subset(rows), p.k, p.candidates, exclude_given=p.exclude_seen
+                r.recommend_new,
+                folded.subset(rows),
+                p.k,
+                p.candidates,
+                exclude_given=p.exclude_seen,
+                exclude_items=f.exclude,
+                include_items=f.include,
             )
             for pos, rec in zip(rows, recs, strict=True):
                 dropped = folded.unknown[pos]
-                reason = f"{dropped} unknown item id(s) ignored" if dropped else None
+                reason = _join(f"{dropped} unknown item id(s) ignored" if dropped else None, p.note)
                 out[pos] = answer_json(
                     new_users[pos].key, snap.version, "model", reason, p.k, p.candidates, items_json(rec)
                 )
         return [b for b in out if b is not None]
+
+
+def _retry(ctx: ServiceContext) -> dict[str, str]:
+    return {"Retry-After": str(ctx.settings.retry_after_s)}
+
+
+def deadline_for(ctx: ServiceContext, arrival: float | None = None) -> float:
+    """The monotonic time after which this request's model call is not made."""
+    return (arrival if arrival is not None else time.monotonic()) + ctx.settings.request_timeout_s

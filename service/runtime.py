@@ -30,6 +30,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -59,6 +60,32 @@ def limit_native_threads(threads: int = 1) -> None:
     if "torch" in sys.modules:  # never import torch just to configure it (it costs a second at start-up)
         sys.modules["torch"].set_num_threads(threads)
     threadpool_limits(threads, user_api="blas")
+
+
+def install_drain(on_term: Callable[[], None], drain_s: float) -> Callable[[], None]:
+    """On SIGTERM, call ``on_term()`` at once (readiness turns 503), then after ``drain_s`` hand the signal
+    to the handler that was installed before (uvicorn's graceful shutdown: stop accepting, finish
+    in-flight requests, run the lifespan's end). Returns a function that puts the previous handler back.
+
+    A load balancer that polls /readyz stops sending traffic during the drain; requests that still arrive
+    are served. Only the main thread may set signal handlers: elsewhere (an in-process test client) this
+    does nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(sig: int, frame: Any) -> None:
+        on_term()
+        if callable(previous):
+            loop.call_soon_threadsafe(loop.call_later, drain_s, previous, sig, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def freeze_startup_heap() -> int:

@@ -8,10 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 # Raw ids are strings as the dataset wrote them. Reject what cannot be an id (empty, control characters,
 # absurd lengths) so that junk gets a 422 naming the field instead of a silent miss.
-RawId = Annotated[
-    str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$", strict=True)
-]
+# JSON Schema / pydantic semantics (``$`` = end of text). Python's ``re`` lets ``$`` match before a final
+# newline, so Python code must use ``fullmatch`` with it (``abc\n`` is not an id).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+RawId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ID_PATTERN, strict=True)]
 
 Source = Literal["model", "popular", "cache"]
 
@@ -102,6 +102,14 @@ class BatchRequest(BaseModel):
 
     users: list[RawId] = Field(default_factory=list, description="known user ids")
     new_users: list[NewUser] = Field(default_factory=list, description="users given as item lists")
+    exclude_items: list[RawId] = Field(
+        default_factory=list, description="raw item ids never recommended to any user of this request"
+    )
+    include_items: list[RawId] | None = Field(
+        default=None,
+        description="when given, only these raw item ids are recommended (the recall widens until k of them "
+        "come back, when k exist); unknown ids in either filter are ignored and counted in `reason`",
+    )
     k: int | None = Field(default=None, ge=1, description="items per user (default: the server's default_k)")
     candidates: int | None = Field(default=None, ge=1, description="Hamming recall size C")
     exclude_seen: bool = Field(default=True, description="drop items the user already interacted with")
@@ -128,6 +136,10 @@ class ExportRequest(BaseModel):
         default=None, ge=1, description="candidates per user (default: default_candidates)"
     )
     exclude_seen: bool = True
+    exclude_items: list[RawId] = Field(default_factory=list, description="raw item ids left out of every row")
+    include_items: list[RawId] | None = Field(
+        default=None, description="when given, the only raw item ids allowed"
+    )
 
 
 class ExportRow(BaseModel):
@@ -138,6 +150,15 @@ class ExportRow(BaseModel):
     items: list[str]
     scores: list[float]
     hamming: list[int]
+
+
+class ExportEnd(BaseModel):
+    """The last line of a complete export stream: a stream without it was cut short."""
+
+    end: Literal[True] = True
+    rows: int = Field(description="rows sent before this line")
+    version: str
+    unknown_filter_items: int = Field(default=0, description="ids in the filters the bundle does not know")
 
 
 class ReloadRequest(BaseModel):
@@ -151,18 +172,22 @@ class ReloadRequest(BaseModel):
 
 
 class ReloadResponse(BaseModel):
-    """The outcome of a successful reload."""
+    """The outcome of a successful reload: this worker switched; how many of the replica's workers serve
+    the version when the answer was sent (the others follow within ``HASHREC_BUNDLE_POLL_S``)."""
 
     previous: str
     version: str
     changed: bool
+    pinned: bool = Field(description="the replica stays on this version until a reload without one")
     load_ms: float
+    workers: int = Field(description="workers of this replica that reported in")
+    workers_on_version: int
 
 
 class Status(BaseModel):
     """A probe's answer."""
 
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "draining"]
     version: str | None = None
 
 

@@ -19,8 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 CacheBackend = Literal["auto", "redis", "memory", "none"]
 
 
-def _default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 class Settings(BaseSettings):
@@ -43,7 +44,53 @@ class Settings(BaseSettings):
     # -- HTTP -------------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=64, description="uvicorn processes (1 per container is usual)")
+    workers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        le=64,
+        description="uvicorn worker processes (default: one per core this container may use); they all "
+        "follow the published bundle and serve one version except during a switch",
+    )
+    runtime_dir: Path | None = Field(
+        default=None,
+        description="a directory private to this replica where its workers share admin reload requests and "
+        "report the version they serve (`hashrec serve` makes one)",
+    )
+    bundle_poll_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds between checks of the published `current` pointer (and of admin reloads); "
+        "0 = never follow it",
+    )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="each worker leases the version it serves in BUNDLES/.leases (renewed every poll) so "
+        "that pruning keeps it; a lease not renewed for this long is stale",
+    )
+    max_inflight: int = Field(
+        default=64,
+        ge=1,
+        description="requests in progress per worker; past it, 503 with Retry-After at once (probes and "
+        "metrics are never refused)",
+    )
+    request_timeout_s: float = Field(
+        default=2.0, gt=0, description="a request whose model call has not started after this long gets 503"
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="the Retry-After of a 503")
+    limit_concurrency: int = Field(
+        default=1024,
+        ge=1,
+        description="uvicorn's own cap on connections + tasks (a backstop above max_inflight; uvicorn answers "
+        "it with a plain 503)",
+    )
+    keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections close after this")
+    drain_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="on SIGTERM, /readyz answers 503 for this long before the server stops accepting, so a "
+        "load balancer takes the replica out first; in-flight requests then finish",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
     access_log: bool = Field(default=True, description="one JSON log line per request")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -66,11 +113,14 @@ class Settings(BaseSettings):
         description="threads computing export streams: separate from the request threads, so that a bulk "
         "export never queues online requests behind its batches",
     )
-    export_batch: int = Field(default=512, ge=1, le=100_000, description="users computed per export step")
+    export_batch: int = Field(default=256, ge=1, le=100_000, description="users computed per export step")
+    max_exports: int = Field(
+        default=2, ge=1, description="exports streaming at once per worker; past it, 503"
+    )
 
     # -- compute ----------------------------------------------------------------------------------------
     compute_threads: int = Field(
-        default_factory=_default_threads,
+        default_factory=_cores,
         ge=1,
         le=256,
         description="threads running model calls (FAISS releases the GIL); each uses one BLAS/OpenMP thread",
@@ -130,6 +180,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token of POST /admin/reload; unset = endpoint disabled"
     )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token every endpoint but the probes (/livez, /readyz, /healthz, /metrics) and "
+        "the admin one asks for; unset = open",
+    )
+    export_token: SecretStr | None = Field(
+        default=None, description="bearer token of POST /candidates/export (default: api_token's rule)"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -140,7 +198,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "api_token", "export_token")
     @classmethod
     def _check_token(cls, v: SecretStr | None) -> SecretStr | None:
         if v is None or v.get_secret_value() == "":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -42,46 +43,61 @@ def _check_token(ctx: CtxDep, authorization: str | None) -> None:
 @router.post(
     "/admin/reload",
     response_model=ReloadResponse,
-    summary="Load and swap in a bundle version",
-    responses=error_doc(401, 403, 404, 409, 422),
+    summary="Switch this replica (every worker) to a bundle version, or back to following `current`",
+    responses=error_doc(401, 403, 404, 422),
 )
 async def reload(
     ctx: CtxDep,
     body: ReloadRequest | None = None,
     authorization: str | None = Header(default=None, description="`Bearer <HASHREC_ADMIN_TOKEN>`"),
 ) -> ReloadResponse:
-    """Validate the new bundle fully (load + test query) in a thread, then swap it in atomically.
+    """``{"version": V}`` pins the replica to V; ``{"version": null}`` (or no body) makes it follow the
+    published ``current`` again. This worker verifies the version (in a child process), loads it and swaps it
+    in before answering; the replica's other workers read the same request and follow within
+    ``HASHREC_BUNDLE_POLL_S`` (the answer counts those already there, after waiting that long at most).
 
     Requests in flight finish on the version they started with; later ones see the new version; none fails.
-    A bundle that fails validation is refused (422, the message names the file) and the old one keeps
-    serving.
+    A version that fails verification is refused (422, the message names the file) and the old one keeps
+    serving; the pin is withdrawn.
     """
     _check_token(ctx, authorization)
-    if ctx.settings.workers > 1:
-        # A request reaches one worker process: reloading it alone would serve two versions at once.
-        raise ApiError(
-            409,
-            "reload_unsupported",
-            f"hot reload needs a single worker process (HASHREC_WORKERS={ctx.settings.workers}); run one worker "
-            "per container and scale with containers, or restart the service to pick up the new bundle",
-        )
     version = body.version if body else None
+    state = ctx.state
     previous = ctx.snapshot().version
     t0 = time.perf_counter()
+    state.set_control(version)
     try:
-        _old, new = await ctx.state.reload(version)
+        old, new = await state.switch(state.wanted())
     except BundleLoadError as err:
+        state.set_control(None)
         ctx.metrics.reloads.labels("refused").inc()
         log.error("reload refused, still serving %s: %s", previous, err)
         if "no such" in str(err).lower() or "not found" in str(err).lower():
             raise ApiError(404, "bundle_not_found", str(err), "body.version") from err
         raise ApiError(422, "bundle_invalid", str(err), "body.version") from err
-    await ctx.cache.clear()
-    ctx.metrics.reloads.labels("ok").inc()
-    f = new.facts()
-    ctx.metrics.set_bundle(new.version, new.index_type, new.n_items, new.n_users, new.bits)
+    if old is not new:
+        await ctx.switched(new)
     load_ms = (time.perf_counter() - t0) * 1000
-    log.info("reloaded: %s -> %s in %.0f ms", previous, new.version, load_ms, extra={"bundle": f})
+    workers = await _wait_for_workers(ctx, new.version)
+    log.info("reloaded: %s -> %s in %.0f ms", previous, new.version, load_ms, extra={"bundle": new.facts()})
     return ReloadResponse(
-        previous=previous, version=new.version, changed=new.version != previous, load_ms=round(load_ms, 1)
+        previous=previous,
+        version=new.version,
+        changed=new.version != previous,
+        pinned=version is not None,
+        load_ms=round(load_ms, 1),
+        workers=len(workers),
+        workers_on_version=sum(w.get("version") == new.version for w in workers),
     )
+
+
+async def _wait_for_workers(ctx: CtxDep, version: str) -> list[dict[str, object]]:
+    """The replica's worker reports once all are on ``version``, or after one poll interval and a second."""
+    poll = ctx.settings.bundle_poll_s
+    fresh = 2 * poll + 5  # a worker that has not reported in that long is gone
+    deadline = time.monotonic() + (poll + 1 if poll > 0 else 0)
+    while True:
+        workers = ctx.state.workers(fresh)
+        if all(w.get("version") == version for w in workers) or time.monotonic() >= deadline:
+            return workers
+        await asyncio.sleep(0.1)

@@ -30,14 +30,19 @@ async def livez() -> Status:
     summary="Readiness: a bundle is loaded and answers",
     responses={
         200: {"content": {"application/json": {"example": {"status": "ok", "version": "20260101-abc"}}}},
-        503: {"model": Status, "description": "no bundle loaded (yet)"},
+        503: {"model": Status, "description": "no bundle loaded (yet), or draining after SIGTERM"},
     },
 )
 async def readyz(ctx: CtxDep) -> Response:
-    """200 when a bundle serves; 503 otherwise. Redis being down does not make the service unready."""
+    """200 when a bundle serves; 503 when none does, or while draining after SIGTERM (so that a load
+    balancer stops sending traffic before the server stops accepting). Redis being down does not make the
+    service unready."""
     snap = ctx.state.snapshot
-    if snap is None:
-        return JSONResponse(Status(status="unavailable").model_dump(), status_code=503)
+    if snap is None or ctx.state.draining:
+        status = "draining" if ctx.state.draining else "unavailable"
+        return JSONResponse(
+            Status(status=status, version=snap.version if snap else None).model_dump(), status_code=503
+        )
     return JSONResponse(Status(status="ok", version=snap.version).model_dump())
 
 

@@ -11,7 +11,7 @@ from starlette.routing import Match, Route
 
 from ..context import CtxDep, ServiceContext
 from ..errors import ApiError, error_doc
-from ..recommender import Recommender
+from ..recommender import Recommender, deadline_for, resolve_filters
 from ..schemas import ID_PATTERN, BatchRequest, BatchResponse, Recommendation
 from ..settings import Settings
 
@@ -40,7 +40,7 @@ def build_router(settings: Settings) -> APIRouter:
         summary="Top-k items for several users, including users the model has never seen",
         responses=error_doc(400, 404, 413, 422),
     )
-    async def recommend_batch(ctx: CtxDep, body: BatchRequest) -> Response:
+    async def recommend_batch(ctx: CtxDep, body: BatchRequest, request: Request) -> Response:
         """Known users by id (cache-aside, one model call for all misses); new users by the items they
         interacted with (folded in when the bundle carries fold-in arrays, else the popularity list with the
         reason). Results keep the request order: ``users`` first, then ``new_users``.
@@ -65,8 +65,10 @@ def build_router(settings: Settings) -> APIRouter:
                     f"body.new_users[{pos}].items",
                 )
         rec = Recommender(ctx)
-        p = rec.params(body.k, body.candidates, body.exclude_seen, "body")
         snap = ctx.snapshot()
+        filters = resolve_filters(snap, body.exclude_items, body.include_items)
+        deadline = deadline_for(ctx, request.scope.get("hashrec.arrival"))
+        p = rec.params(body.k, body.candidates, body.exclude_seen, "body", filters=filters, deadline=deadline)
         parts = await rec.for_users(snap, body.users, p, "body") if body.users else []
         parts += await rec.for_new_users(snap, body.new_users, p) if body.new_users else []
         head = b'{"version":' + _json_str(snap.version) + b',"results":['
@@ -86,7 +88,9 @@ async def _recommend_one(settings: Settings, request: Request) -> Response:
     candidates = _int_query(qp, "candidates", settings.max_candidates)
     exclude_seen = _bool_query(qp, "exclude_seen", default=True)
     rec = Recommender(ctx)
-    p = rec.params(k, candidates, exclude_seen, "query")
+    p = rec.params(
+        k, candidates, exclude_seen, "query", deadline=deadline_for(ctx, request.scope.get("hashrec.arrival"))
+    )
     snap = ctx.snapshot()
     (body,) = await rec.for_users(snap, [user_id], p, "path")
     return Response(body, media_type="application/json")
@@ -133,7 +137,7 @@ def _invalid(field: str, message: str) -> ApiError:
 def _user_id(raw: str) -> str:
     if not 1 <= len(raw) <= 256:
         raise _invalid("path.user_id", f"must be 1 to 256 characters, got {len(raw)}")
-    if not _ID_RE.match(raw):
+    if not _ID_RE.fullmatch(raw):  # fullmatch: re's $ would let "abc\n" through
         raise _invalid("path.user_id", "must not contain control characters")
     return raw
 
