@@ -18,7 +18,7 @@ def add_data_args(p: argparse.ArgumentParser, *, positional: bool = True) -> Non
         p.add_argument("path", help="dataset folder (train.txt[.gz] + test.txt) or interaction file")
     g = p.add_argument_group("data loading")
     g.add_argument("--test", dest="test_path", default=None, help="explicit test file (same format)")
-    g.add_argument("--format", dest="fmt", default="auto", choices=["auto", "adjacency", "delimited"])
+    g.add_argument("--format", dest="fmt", default="auto", choices=["auto", "adjacency", "delimited", "parquet"])
     g.add_argument("--sep", default=None, help="separator of delimited files (default: sniffed); 'tab' = \\t")
     g.add_argument("--columns", default=None, help="column names, e.g. user,item,rating,timestamp (- = skip)")
     hdr = g.add_mutually_exclusive_group()
@@ -88,7 +88,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     for k, v in ds.report.items():
         if v:
             print(f"note           {k.replace('_', ' ')}: {v:,}")
-    print(f"loaded in      {stats['load_seconds']:.2f} s")
+    print(f"loaded in      {stats['load_seconds']:.2f} s  ({stats['interactions_per_s']:,} interactions/s)")
     return 0
 
 

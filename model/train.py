@@ -369,6 +369,16 @@ def _schedule(ctx: Context, phase: Phase, selection: Outcome | None, share: floa
     return refit_progress
 
 
+def _clock(ctx: Context, reserve: float) -> tuple[bool, float]:
+    """(stop now, seconds spent): rank 0's clock, on every rank. Everything the schedule derives from time
+    (learning rate, guidance) must be equal on all ranks, or the replicas drift apart. Without a budget the
+    schedule follows epochs only and nothing needs to be shared."""
+    if not math.isfinite(ctx.budget.seconds):
+        return False, 0.0
+    left, elapsed = ctx.budget.left(), ctx.budget.elapsed()
+    return ctx.dist.decide((left < reserve, elapsed))  # type: ignore[no-any-return]
+
+
 def _record(losses: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
     return {k: float(v) / max(steps, 1) for k, v in losses.items()}
 
@@ -402,11 +412,11 @@ def run_phase(
         batches = phase.epoch_batches()
         steps, progress = 0, 0.0
         for i, idx in enumerate(batches):
-            reserve = step_s + (valid_s if valid is not None else 0.0)
-            if math.isfinite(ctx.budget.seconds) and dist.decide(ctx.budget.left() < reserve):
+            stop, elapsed = _clock(ctx, step_s + (valid_s if valid is not None else 0.0))
+            if stop:
                 out.stopped = "time budget spent"
                 break
-            progress = progress_of(out.epochs, i / len(batches), ctx.budget.elapsed())
+            progress = progress_of(out.epochs, i / len(batches), elapsed)
             t0 = time.perf_counter()
             losses = phase.step(idx, progress)
             step_s = time.perf_counter() - t0
@@ -423,7 +433,7 @@ def run_phase(
         out.epochs += 1
         phase.check_replicas()
         if selection is None:  # the schedule's position at this epoch's end, for a refit to replay
-            out.progress.append(progress_of(out.epochs, 0.0, ctx.budget.elapsed()))
+            out.progress.append(progress_of(out.epochs, 0.0, _clock(ctx, 0.0)[1]))
         record: dict[str, Any] = {
             "phase": phase.name,
             "epoch": out.epochs,

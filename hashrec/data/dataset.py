@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,12 +35,16 @@ import numpy as np
 from .errors import DataError
 from .graph import BipartiteGraph
 from .ids import IdMap
+from .parquet import read_parquet
 from .readers import RawInteractions, read_adjacency_lists, read_delimited
+from .setops import contains, lookup
 from .splits import kcore, leave_last_out, random_holdout
 
 log = logging.getLogger(__name__)
 
-Format = Literal["auto", "adjacency", "delimited"]
+Format = Literal["auto", "adjacency", "delimited", "parquet"]
+#: File name endings that ``fmt="auto"`` reads as Parquet.
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 SplitKind = Literal["auto", "given", "random", "temporal"]
 
 
@@ -50,8 +55,9 @@ class DataConfig:
     Attributes:
         path: a folder (``train.txt[.gz]`` + ``test.txt``) or an interaction file.
         test_path: an explicit test file in the same format as ``path`` (optional).
-        fmt: ``adjacency`` (``user item item ...`` lines), ``delimited`` (one interaction per line), or
-            ``auto``: adjacency for folders and files named ``train*.txt[.gz]``, delimited otherwise.
+        fmt: ``adjacency`` (``user item item ...`` lines), ``delimited`` (one interaction per line),
+            ``parquet`` (a table with user and item columns), or ``auto``: adjacency for folders and files
+            named ``train*.txt[.gz]``, parquet for ``*.parquet`` / ``*.pq`` / ``*.parq``, delimited otherwise.
         sep: separator of delimited files; None sniffs (``::``, tab, comma, ``;``, ``|``, whitespace).
         columns: column names of delimited files, e.g. ``["user", "item", "rating", "timestamp"]``.
         header: whether delimited files start with a header; None auto-detects.
@@ -80,8 +86,8 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.fmt not in ("auto", "adjacency", "delimited"):
-            raise DataError(f"fmt: expected auto, adjacency or delimited, got {self.fmt!r}")
+        if self.fmt not in ("auto", "adjacency", "delimited", "parquet"):
+            raise DataError(f"fmt: expected auto, adjacency, delimited or parquet, got {self.fmt!r}")
         if self.split not in ("auto", "given", "random", "temporal"):
             raise DataError(f"split: expected auto, given, random or temporal, got {self.split!r}")
         if not 0.0 < self.test_ratio < 1.0:
@@ -134,6 +140,10 @@ class Dataset:
     test: Interactions
     report: dict[str, int] = field(default_factory=dict)
     config: DataConfig | None = None
+    #: Wall time of :func:`load_dataset` (None when restored by :meth:`load`).
+    load_seconds: float | None = None
+    #: Interactions in the files read, before thresholds, de-duplication and filters.
+    interactions_read: int = 0
 
     @property
     def n_users(self) -> int:
@@ -170,7 +180,11 @@ class Dataset:
         return h.hexdigest()
 
     def stats(self) -> dict[str, Any]:
-        """Counts for ``hashrec data stats`` (all ints except density)."""
+        """Counts for ``hashrec data stats`` (all ints except density and the load figures).
+
+        When the dataset was loaded from files, also ``load_seconds`` and ``interactions_per_s``
+        (interactions read per second of :func:`load_dataset`).
+        """
         n_known = len(self.train) + len(self.valid)
         deg = np.bincount(self.known.users, minlength=self.n_users)
         return {
@@ -188,7 +202,14 @@ class Dataset:
             "user_degree_median": float(np.median(deg)) if len(deg) else 0.0,
             "user_degree_max": int(deg.max()) if len(deg) else 0,
             **{f"report_{k}": v for k, v in self.report.items()},
+            **self._load_rate(),
         }
+
+    def _load_rate(self) -> dict[str, float]:
+        if self.load_seconds is None:
+            return {}
+        rate = self.interactions_read / max(self.load_seconds, 1e-9)
+        return {"load_seconds": round(self.load_seconds, 3), "interactions_per_s": round(rate)}
 
     # -- persistence (a run directory keeps the exact dataset it was trained on) -------------------------
     def save(self, directory: str | Path) -> None:
@@ -241,6 +262,7 @@ class Dataset:
 def _resolve(cfg: DataConfig) -> tuple[str, Path, Path | None]:
     """Return (format, train file, test file or None)."""
     p = Path(cfg.path)
+    fmt: str
     if p.is_dir():
         train = next((p / n for n in ("train.txt", "train.txt.gz") if (p / n).is_file()), None)
         if train is None:
@@ -253,11 +275,10 @@ def _resolve(cfg: DataConfig) -> tuple[str, Path, Path | None]:
     elif p.is_file():
         train = p
         test = None
-        name = p.name.lower()
-        is_adj = name.startswith("train") and (name.endswith(".txt") or name.endswith(".txt.gz"))
-        if is_adj and cfg.test_path is None:
+        auto = _file_format(p)
+        fmt = auto if cfg.fmt == "auto" else cfg.fmt
+        if auto == "adjacency" and cfg.test_path is None:  # train*.txt: look for its test.txt
             test = next((p.parent / n for n in ("test.txt", "test.txt.gz") if (p.parent / n).is_file()), None)
-        fmt = ("adjacency" if is_adj else "delimited") if cfg.fmt == "auto" else cfg.fmt
     else:
         raise DataError(f"{p}: no such file or folder")
     if cfg.test_path is not None:
@@ -273,9 +294,21 @@ def _resolve(cfg: DataConfig) -> tuple[str, Path, Path | None]:
     return fmt, train, test
 
 
+def _file_format(p: Path) -> str:
+    """The format ``fmt="auto"`` reads a single file as."""
+    name = p.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.startswith("train") and name.endswith((".txt", ".txt.gz")):
+        return "adjacency"
+    return "delimited"
+
+
 def _read(cfg: DataConfig, fmt: str, path: Path) -> RawInteractions:
     if fmt == "adjacency":
         return read_adjacency_lists(path)
+    if fmt == "parquet":
+        return read_parquet(path)
     cols = list(cfg.columns) if cfg.columns is not None else None
     return read_delimited(path, sep=cfg.sep, columns=cols, header=cfg.header)
 
@@ -304,6 +337,9 @@ def _dedup(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Collapse duplicate (user, item) pairs, keeping the earliest (or first) occurrence; returns the count."""
     key = users * np.int64(max(n_items, 1)) + items
+    ordered = np.sort(key)
+    if not np.any(ordered[1:] == ordered[:-1]):  # the usual case, found with one sort of integers
+        return users, items, stamps, 0
     order = np.lexsort((stamps,)) if stamps is not None else np.arange(len(key))
     _, first = np.unique(key[order], return_index=True)
     keep = np.sort(order[first])
@@ -311,82 +347,110 @@ def _dedup(
     return users[keep], items[keep], (stamps[keep] if stamps is not None else None), dropped
 
 
-def load_dataset(cfg: DataConfig | str | Path, **overrides: Any) -> Dataset:
-    """Load, map, de-duplicate, filter and split a dataset as ``cfg`` says.
+@dataclass
+class _Mapped:
+    """Training interactions with their id maps: internal ids, optional timestamps."""
 
-    ``cfg`` may be a path (then ``overrides`` are further DataConfig fields). Raises :class:`DataError`
-    with the file (and line) for anything malformed or empty.
-    """
-    if not isinstance(cfg, DataConfig):
-        cfg = DataConfig(path=str(cfg), **overrides)
-    fmt, train_path, test_path = _resolve(cfg)
-    report: dict[str, int] = {}
-    raw = _filter_rating(_read(cfg, fmt, train_path), cfg, report, "train")
+    users: IdMap
+    items: IdMap
+    u: np.ndarray
+    i: np.ndarray
+    ts: np.ndarray | None
+
+
+def _map_train(raw: RawInteractions, cfg: DataConfig, report: dict[str, int]) -> _Mapped:
+    """Threshold, check, map ids, de-duplicate and k-core filter the training file's interactions."""
+    raw = _filter_rating(raw, cfg, report, "train")
     report["skipped_blank_or_comment_lines"] = raw.skipped_lines
     if len(raw) == 0:
         raise DataError(
-            f"{train_path}: no interactions" + (" after the rating threshold" if cfg.min_rating else "")
+            f"{raw.path}: no interactions" + (" after the rating threshold" if cfg.min_rating else "")
         )
     if cfg.split == "temporal" and raw.timestamps is None:
-        raise DataError(f"{train_path}: split 'temporal' needs a timestamp column")
-
+        raise DataError(f"{raw.path}: split 'temporal' needs a timestamp column")
     users_map, u = IdMap.factorize(raw.users)
     items_map, i = IdMap.factorize(raw.items)
     u, i, ts, dup = _dedup(u, i, raw.timestamps, len(items_map))
     report["duplicates_removed"] = dup
+    data = _Mapped(users_map, items_map, u, i, ts)
+    return _kcore(data, cfg.kcore, report, raw.path) if cfg.kcore > 1 else data
 
-    if cfg.kcore > 1:
-        keep = kcore(u, i, cfg.kcore)
-        report["kcore_removed"] = int((~keep).sum())
-        u, i = u[keep], i[keep]
-        ts = ts[keep] if ts is not None else None
-        if len(u) == 0:
-            raise DataError(f"{train_path}: no interactions left after the {cfg.kcore}-core filter")
-        # re-index so that ids stay contiguous
-        uu, u = np.unique(u, return_inverse=True)
-        ii, i = np.unique(i, return_inverse=True)
-        users_map, items_map = IdMap(users_map.raw[uu]), IdMap(items_map.raw[ii])
 
-    use_given = test_path is not None and cfg.split in ("auto", "given")
-    if use_given:
-        assert test_path is not None
-        traw = _filter_rating(_read(cfg, fmt, test_path), cfg, report, "test")
-        tu = users_map.to_internal(np.asarray(traw.users).astype(str))
-        ti = items_map.to_internal(np.asarray(traw.items).astype(str))
-        report["test_dropped_unseen_user"] = int((tu < 0).sum())
-        report["test_dropped_unseen_item"] = int(((tu >= 0) & (ti < 0)).sum())
-        ok = (tu >= 0) & (ti >= 0)
-        tu, ti, _tts, tdup = _dedup(
-            tu[ok], ti[ok], traw.timestamps[ok] if traw.timestamps is not None else None, len(items_map)
-        )
-        report["test_duplicates_removed"] = tdup
-        in_train = np.isin(tu * np.int64(len(items_map)) + ti, u * np.int64(len(items_map)) + i)
-        report["test_dropped_in_train"] = int(in_train.sum())
-        test = Interactions(tu[~in_train], ti[~in_train])
-        train_u, train_i = u, i
+def _kcore(data: _Mapped, k: int, report: dict[str, int], path: str) -> _Mapped:
+    keep = kcore(data.u, data.i, k)
+    report["kcore_removed"] = int((~keep).sum())
+    if not keep.any():
+        raise DataError(f"{path}: no interactions left after the {k}-core filter")
+    # re-index so that ids stay contiguous
+    uu, u = np.unique(data.u[keep], return_inverse=True)
+    ii, i = np.unique(data.i[keep], return_inverse=True)
+    ts = data.ts[keep] if data.ts is not None else None
+    return _Mapped(IdMap(data.users.raw[uu]), IdMap(data.items.raw[ii]), u, i, ts)
+
+
+def _given_test(traw: RawInteractions, data: _Mapped, report: dict[str, int]) -> Interactions:
+    """The test file's interactions on training ids: unseen ids, duplicates and training pairs dropped."""
+    tu = lookup(data.users.raw, traw.users)
+    ti = lookup(data.items.raw, traw.items)
+    report["test_dropped_unseen_user"] = int((tu < 0).sum())
+    report["test_dropped_unseen_item"] = int(((tu >= 0) & (ti < 0)).sum())
+    ok = (tu >= 0) & (ti >= 0)
+    n_items = np.int64(len(data.items))
+    tu, ti, _tts, tdup = _dedup(
+        tu[ok], ti[ok], traw.timestamps[ok] if traw.timestamps is not None else None, len(data.items)
+    )
+    report["test_duplicates_removed"] = tdup
+    in_train = contains(data.u * n_items + data.i, tu * n_items + ti)
+    report["test_dropped_in_train"] = int(in_train.sum())
+    return Interactions(tu[~in_train], ti[~in_train])
+
+
+def load_dataset(cfg: DataConfig | str | Path, **overrides: Any) -> Dataset:
+    """Load, map, de-duplicate, filter and split a dataset as ``cfg`` says.
+
+    ``cfg`` may be a path (then ``overrides`` are further DataConfig fields). Raises :class:`DataError`
+    with the file (and line) for anything malformed or empty. The result knows how long this took
+    (``Dataset.load_seconds``) and how many interactions the files held (``Dataset.interactions_read``).
+    """
+    t0 = time.perf_counter()
+    if not isinstance(cfg, DataConfig):
+        cfg = DataConfig(path=str(cfg), **overrides)
+    fmt, train_path, test_path = _resolve(cfg)
+    report: dict[str, int] = {}
+    raw = _read(cfg, fmt, train_path)
+    n_read = len(raw)
+    data = _map_train(raw, cfg, report)
+    if test_path is not None and cfg.split in ("auto", "given"):
+        traw = _read(cfg, fmt, test_path)
+        n_read += len(traw)
+        test = _given_test(_filter_rating(traw, cfg, report, "test"), data, report)
+        train_u, train_i = data.u, data.i
     else:
         if cfg.split == "temporal":
-            assert ts is not None
-            held = leave_last_out(u, ts, cfg.leave_out, i)
+            assert data.ts is not None
+            held = leave_last_out(data.u, data.ts, cfg.leave_out, data.i)
         else:
-            held = random_holdout(u, cfg.test_ratio, cfg.seed)
-        test = Interactions(u[held], i[held])
-        train_u, train_i = u[~held], i[~held]
+            held = random_holdout(data.u, cfg.test_ratio, cfg.seed)
+        test = Interactions(data.u[held], data.i[held])
+        train_u, train_i = data.u[~held], data.i[~held]
 
     vmask = random_holdout(train_u, cfg.valid_ratio, cfg.seed + 1)
     ds = Dataset(
         name=Path(cfg.path).name or str(cfg.path),
-        users=users_map,
-        items=items_map,
+        users=data.users,
+        items=data.items,
         train=Interactions(train_u[~vmask], train_i[~vmask]),
         valid=Interactions(train_u[vmask], train_i[vmask]),
         test=test,
         report=report,
         config=cfg,
+        load_seconds=time.perf_counter() - t0,
+        interactions_read=n_read,
     )
     if len(ds.test) == 0:
         log.warning("%s: the test split is empty", cfg.path)
     for k, v in report.items():
         if v and k != "skipped_blank_or_comment_lines":
             log.info("%s: %s = %d", ds.name, k, v)
+    log.debug("%s: %d interactions read in %.2f s", ds.name, n_read, ds.load_seconds)
     return ds

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .setops import unique_inverse
+
 
 class IdMap:
     """Raw id <-> internal id (0..n-1), both ways.
@@ -74,11 +76,11 @@ class IdMap:
         """
         arr = np.asarray(raw_ids)
         if arr.dtype.kind in "iu":
-            uniq, inverse = np.unique(arr, return_inverse=True)
-            return cls([str(u) for u in uniq]), inverse.astype(np.int64)
-        strs = arr.astype(str)
-        uniq, inverse = np.unique(strs, return_inverse=True)
-        if all(_is_int(u) for u in uniq):
+            uniq, inverse = unique_inverse(arr)
+            return cls(uniq.astype(str).tolist()), inverse.astype(np.int64)
+        strs = arr.astype(str, copy=False)
+        uniq, inverse = unique_inverse(strs)
+        if _all_int(uniq):
             order = np.argsort(np.array([int(u) for u in uniq], dtype=object), kind="stable")
             rank = np.empty_like(order)
             rank[order] = np.arange(len(order))
@@ -86,6 +88,19 @@ class IdMap:
             inverse = rank[inverse]
             # canonical form: "007" and "7" would be different raw ids; keep them as written.
         return cls(list(uniq)), inverse.astype(np.int64)
+
+
+def _all_int(strs: np.ndarray) -> bool:
+    """Whether every string is an optionally signed run of digits (as ``_is_int`` says)."""
+    chars = np.ascontiguousarray(strs).view(np.uint32)
+    # A vectorised "no" for the usual case: ASCII text with a character that is neither digit nor sign.
+    # Non-ASCII digits ("٣") are digits to str.isdigit, so such columns take the exact per-id check.
+    if chars.max(initial=0) < 0x80 and not np.isin(chars, _INT_CHARS).all():
+        return False
+    return all(_is_int(u) for u in strs)
+
+
+_INT_CHARS = np.array([0, *b"+-0123456789"], dtype=np.uint32)  # 0: the padding of shorter strings
 
 
 def _is_int(s: str) -> bool:

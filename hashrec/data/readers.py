@@ -1,65 +1,54 @@
 """Parsers for interaction files. They only read: mapping ids and splitting live in ``dataset.py``.
 
-Two families:
+Three formats:
 
 - the LightGCN / NGCF "adjacency list" format: one line per user, ``user item item ...`` (whitespace
   separated, ids as written), in ``train.txt`` / ``train.txt.gz`` and ``test.txt``;
 - delimited interaction files: one interaction per line, ``user<sep>item[<sep>rating[<sep>timestamp]]``
   with ``sep`` one of tab, comma, ``::``, ``;``, ``|`` or whitespace (MovieLens ``u.data``, ``ratings.dat``,
-  most CSV exports). An optional header line names the columns.
+  most CSV exports). An optional header line names the columns (:mod:`hashrec.data.layout`);
+- Parquet tables with the same columns (:func:`hashrec.data.parquet.read_parquet`).
 
-Every malformed line raises :class:`DataFormatError` naming the file, the line and what was expected.
+Text files are parsed a block of lines at a time with numpy (:mod:`hashrec.data.bytescan`): no Python call
+per line or per interaction, so that millions of interactions load in about a second. A block the
+vectorised scan does not accept is parsed again line by line (:mod:`hashrec.data.lineparse`), which raises
+:class:`DataFormatError` naming the file, the first bad line and what was expected.
 Blank lines and lines starting with ``#`` are skipped (counted in ``RawInteractions.skipped_lines``).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, DataFormatError
+from . import bytescan as bs
+from . import lineparse
+from .errors import DataError
+from .layout import CANONICAL, HEADER_ALIASES, SEPARATORS, Layout, resolve_layout, sniff_separator
+from .lineparse import BlockPart
+from .rawids import ids_from_utf8
+from .textio import TextBlock, read_blocks
+
+__all__ = [
+    "CANONICAL",
+    "HEADER_ALIASES",
+    "SEPARATORS",
+    "RawInteractions",
+    "read_adjacency_lists",
+    "read_delimited",
+    "sniff_separator",
+]
 
 log = logging.getLogger(__name__)
-
-#: Column names a header may use, mapped to our canonical names.
-HEADER_ALIASES: dict[str, str] = {
-    "user": "user",
-    "user_id": "user",
-    "userid": "user",
-    "uid": "user",
-    "customer_id": "user",
-    "item": "item",
-    "item_id": "item",
-    "itemid": "item",
-    "iid": "item",
-    "movie_id": "item",
-    "movieid": "item",
-    "product_id": "item",
-    "business_id": "item",
-    "track_id": "item",
-    "rating": "rating",
-    "score": "rating",
-    "stars": "rating",
-    "weight": "rating",
-    "value": "rating",
-    "timestamp": "timestamp",
-    "time": "timestamp",
-    "ts": "timestamp",
-    "date": "timestamp",
-}
-CANONICAL = ("user", "item", "rating", "timestamp")
-SEPARATORS = ("::", "\t", ",", ";", "|")
 
 
 @dataclass
 class RawInteractions:
-    """Interactions as read from a file: raw ids (strings or ints), optional rating and timestamp columns."""
+    """Interactions as read from a file: raw ids (int64, or str when any id is not a canonical integer),
+    optional rating and timestamp columns (float64)."""
 
     path: str
     users: np.ndarray
@@ -72,81 +61,42 @@ class RawInteractions:
         return len(self.users)
 
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``*.gz``."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
-    if p.suffix == ".gz":
-        return gzip.open(p, "rt", encoding="utf-8", newline="")
-    return open(p, encoding="utf-8", newline="")
-
-
-def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    try:
-        with open_text(path) as fh:
-            for no, line in enumerate(fh, start=1):
-                yield no, line.rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except (OSError, EOFError) as err:  # truncated gzip, unreadable file
-        raise DataError(f"{path}: cannot be read: {err}") from err
+# -- the adjacency-list format ----------------------------------------------------------------------------
 
 
 def read_adjacency_lists(path: str | Path) -> RawInteractions:
-    """Read the LightGCN/NGCF format: each line ``user item item ...`` (integer ids).
+    """Read the LightGCN/NGCF format: each line ``user item item ...`` (integer ids), in file order.
 
     A user with no items (a line with the user id alone) is allowed and contributes no interaction.
-    Non-integer tokens raise :class:`DataFormatError` with the file and line.
+    Non-integer or negative tokens raise :class:`DataFormatError` with the file and line.
     """
-    users: list[np.ndarray] = []
-    items: list[np.ndarray] = []
-    skipped = 0
-    for no, line in _lines(path):
-        if not line.strip() or line.lstrip().startswith("#"):
-            skipped += 1
-            continue
-        parts = line.split()
-        try:
-            ids = np.array(parts, dtype=np.int64)
-        except (ValueError, OverflowError):
-            bad = next(p for p in parts if not _is_int_token(p))
-            raise DataFormatError(path, no, "integer ids 'user item item ...'", bad) from None
-        if ids.min() < 0:
-            raise DataFormatError(path, no, "non-negative integer ids", line)
-        items.append(ids[1:])
-        users.append(np.full(len(ids) - 1, ids[0], dtype=np.int64))
-    if not users:
-        return RawInteractions(str(path), np.empty(0, np.int64), np.empty(0, np.int64), skipped_lines=skipped)
-    return RawInteractions(str(path), np.concatenate(users), np.concatenate(items), skipped_lines=skipped)
+    parts = [_adjacency_block(path, block) for block in read_blocks(path)]
+    return RawInteractions(
+        str(path),
+        _concat([p.users for p in parts], np.int64),
+        _concat([p.items for p in parts], np.int64),
+        skipped_lines=sum(p.skipped for p in parts),
+    )
 
 
-def _is_int_token(tok: str) -> bool:
-    try:
-        int(tok)
-        return True
-    except ValueError:
-        return False
+def _adjacency_block(path: str | Path, block: TextBlock) -> BlockPart:
+    """One block, vectorised; line by line when it is not plain or holds a bad token."""
+    if bs.is_plain(block.data):
+        lines = bs.scan_lines(block.data)
+        fields = bs.whitespace_fields(lines, np.flatnonzero(lines.is_data))
+        s, e, heads = fields.row_major()
+        ids, ok = bs.parse_uint(lines.buf, s, e)
+        if ok.all():
+            is_item = np.ones(len(ids), dtype=bool)
+            is_item[heads] = False
+            # each line's first token is its user, owning the count - 1 items after it
+            users = np.repeat(ids[heads], fields.count - 1)
+            return BlockPart(users, ids[is_item], None, None, lines.skipped)
+    _log_fallback(path, block)
+    return lineparse.adjacency_block(path, block)
 
 
-def sniff_separator(sample: str) -> str:
-    """Guess the separator from a data line: ``::``, tab, comma, ``;``, ``|``, else whitespace (``None``)."""
-    for sep in SEPARATORS:
-        if sep in sample:
-            return sep
-    return " "
-
-
-def _split(line: str, sep: str) -> list[str]:
-    return line.split() if sep == " " else [f.strip() for f in line.split(sep)]
-
-
-def _parse_header(fields: list[str]) -> list[str] | None:
-    """Return canonical column names if ``fields`` looks like a header, else None."""
-    names = [HEADER_ALIASES.get(f.strip().strip('"').lower()) for f in fields]
-    if "user" in names and "item" in names:
-        return [n if n is not None else f"_ignored{i}" for i, n in enumerate(names)]
-    return None
+# -- delimited files --------------------------------------------------------------------------------------
 
 
 def read_delimited(
@@ -166,102 +116,97 @@ def read_delimited(
         header: whether the first line is a header. ``None`` auto-detects: the first line is a header when
             it names both a user and an item column (``user_id``, ``movieId``, ``item`` ...).
 
+    Returns:
+        The interactions in file order. Ids are int64 when every id of the column is a canonical integer
+        (``42``, ``-7``; not ``007`` nor ``+7``, which stay distinct strings), else str.
+
     Raises:
         DataError: missing user or item column, no data lines, or a malformed line (file and line named).
     """
-    lines = _lines(path)
-    first: tuple[int, str] | None = None
+    layout: Layout | None = None
+    header_line: int | None = None
+    parts: list[BlockPart] = []
     skipped = 0
-    for no, line in lines:
-        if line.strip() and not line.lstrip().startswith("#"):
-            first = (no, line)
-            break
-        skipped += 1
-    if first is None:
+    for block in read_blocks(path):
+        if layout is None:
+            found = _first_data_line(block)
+            if found is None:
+                skipped += block.n_lines
+                continue
+            layout = resolve_layout(path, found[0], found[1], sep, columns, header)
+            header_line = found[0] if layout.header else None
+        parts.append(_delimited_block(path, block, layout, header_line))
+    if layout is None:
         raise DataError(f"{path}: no interactions (the file is empty)")
-    if sep is None:
-        sep = sniff_separator(first[1])
-    fields = _split(first[1], sep)
-    detected = _parse_header(fields)
-    if header is None:
-        header = detected is not None
-    pending: list[tuple[int, str]] = []
-    if header:
-        if columns is None:
-            if detected is None:
-                raise DataError(
-                    f"{path}:{first[0]}: the header {first[1]!r} names no user and item columns; "
-                    "pass the column names (e.g. --columns user,item,rating)"
-                )
-            columns = detected
-    else:
-        pending.append(first)
-        if columns is None:
-            columns = list(CANONICAL[: min(len(fields), 4)])
-    columns = [c.strip().lower() for c in columns]
-    for c in columns:
-        if c not in CANONICAL and c != "-" and not c.startswith("_ignored"):
-            raise DataError(f"{path}: unknown column name {c!r} (use user, item, rating, timestamp or -)")
-    if "user" not in columns or "item" not in columns:
-        raise DataError(f"{path}: a user and an item column are required, got columns {columns}")
-    ncols = len(columns)
-    ui, ii = columns.index("user"), columns.index("item")
-    ri = columns.index("rating") if "rating" in columns else None
-    ti = columns.index("timestamp") if "timestamp" in columns else None
-    expected = f"{ncols} fields separated by {sep!r} ({', '.join(columns)})"
-
-    users: list[str] = []
-    items: list[str] = []
-    ratings: list[float] = []
-    stamps: list[float] = []
-
-    def consume(no: int, line: str) -> None:
-        parts = _split(line, sep)
-        if len(parts) < ncols:
-            raise DataFormatError(path, no, expected, line)
-        u, i = parts[ui], parts[ii]
-        if not u or not i:
-            raise DataFormatError(path, no, "non-empty user and item ids", line)
-        users.append(u)
-        items.append(i)
-        if ri is not None:
-            try:
-                ratings.append(float(parts[ri]))
-            except ValueError:
-                raise DataFormatError(path, no, "a numeric rating", parts[ri]) from None
-        if ti is not None:
-            try:
-                stamps.append(float(parts[ti]))
-            except ValueError:
-                raise DataFormatError(path, no, "a numeric timestamp", parts[ti]) from None
-
-    for no, line in pending:
-        consume(no, line)
-    for no, line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            skipped += 1
-            continue
-        consume(no, line)
-    if not users:
+    if not any(len(p.users) for p in parts):
         raise DataError(f"{path}: no interactions (only a header)")
     return RawInteractions(
         str(path),
-        _as_ids(users),
-        _as_ids(items),
-        np.asarray(ratings, dtype=np.float64) if ri is not None else None,
-        np.asarray(stamps, dtype=np.float64) if ti is not None else None,
-        skipped_lines=skipped,
+        ids_from_utf8(np.concatenate([p.users for p in parts])),
+        ids_from_utf8(np.concatenate([p.items for p in parts])),
+        _concat_optional([p.ratings for p in parts]),
+        _concat_optional([p.timestamps for p in parts]),
+        skipped_lines=skipped + sum(p.skipped for p in parts),
     )
 
 
-def _as_ids(col: list[str]) -> np.ndarray:
-    """Integer array when every id is a plain integer without leading zeros, else a string array."""
-    arr = np.asarray(col, dtype=str)
-    try:
-        ints = arr.astype(np.int64)
-    except (ValueError, OverflowError):
-        return arr
-    # "007" and "7" must stay different raw ids; only canonical integers become ints.
-    if np.array_equal(ints.astype(str), arr):
-        return ints
-    return arr
+def _first_data_line(block: TextBlock) -> tuple[int, str] | None:
+    """The number and text of the block's first line that is neither blank nor a comment."""
+    for no, line in block.iter_lines():
+        if not lineparse.is_skipped(line):
+            return no, line
+    return None
+
+
+def _delimited_block(
+    path: str | Path, block: TextBlock, layout: Layout, header_line: int | None
+) -> BlockPart:
+    """One block, vectorised; line by line when it is not plain or a line breaks a rule."""
+    part = _delimited_vectorised(block, layout, header_line) if bs.is_plain(block.data) else None
+    if part is None:
+        _log_fallback(path, block)
+        part = lineparse.delimited_block(path, block, layout, header_line)
+    return part
+
+
+def _log_fallback(path: str | Path, block: TextBlock) -> None:
+    # Slow but exact: worth a note when a valid file loads slowly (numbers such as "1e5", unicode spaces).
+    log.debug("%s:%d: a block of %d lines is parsed line by line", path, block.first_line, block.n_lines)
+
+
+def _delimited_vectorised(block: TextBlock, layout: Layout, header_line: int | None) -> BlockPart | None:
+    """The block's interactions, or None when some data line is not plain and valid."""
+    lines = bs.scan_lines(block.data)
+    rows = np.flatnonzero(lines.is_data)
+    if header_line is not None:
+        rows = rows[rows != header_line - block.first_line]
+    fields = _fields(lines, rows, layout.sep)
+    if fields is None or (len(rows) and fields.count.min() < layout.ncols):
+        return None
+    ids = [fields.span(layout.columns.index(c)) for c in ("user", "item")]
+    if any(np.any(e == s) for s, e in ids):
+        return None
+    numbers: list[np.ndarray | None] = []
+    for name in ("rating", "timestamp"):
+        j = layout.index(name)
+        values, ok = bs.parse_decimal(lines.buf, *fields.span(j)) if j is not None else (None, np.True_)
+        if not ok.all():
+            return None
+        numbers.append(values)
+    users, items = (bs.gather(lines.buf, s, e) for s, e in ids)
+    return BlockPart(users, items, numbers[0], numbers[1], lines.skipped)
+
+
+def _fields(lines: bs.Lines, rows: np.ndarray, sep: str) -> bs.Fields | None:
+    if sep == " ":
+        return bs.whitespace_fields(lines, rows)
+    return bs.separated_fields(lines, rows, sep.encode())
+
+
+def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
+
+
+def _concat_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    present = [a for a in arrays if a is not None]
+    return np.concatenate(present) if present else None

@@ -11,7 +11,7 @@ import numpy as np
 
 def _rank_within_user(users: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank of each interaction inside its user's group when sorted by ``keys``, and each user's count."""
-    order = np.lexsort((keys, users))
+    order = _order_by_user_then_key(users, keys)
     su = users[order]
     n = len(users)
     starts = np.r_[0, np.flatnonzero(su[1:] != su[:-1]) + 1] if n else np.empty(0, np.int64)
@@ -20,6 +20,47 @@ def _rank_within_user(users: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, 
     rank[order] = np.arange(n) - group_start
     counts = np.bincount(users, minlength=int(users.max()) + 1 if n else 0)
     return rank, counts
+
+
+def _order_by_user_then_key(users: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.lexsort((keys, users))``: by user, then key, then position, with one sort of packed integers.
+
+    Each interaction becomes one int64 ``user | coarse key | position``; sorting those values (far cheaper
+    than an argsort) orders by user and coarse key, and the position read back is the permutation. The
+    coarse key never inverts two keys, it may only tie them: runs of equal (user, coarse key) are put in
+    exact (key, position) order afterwards, a handful of interactions in practice.
+    """
+    n = len(users)
+    coarse = _coarse_keys(keys)
+    pos_bits = max(n - 1, 1).bit_length()
+    key_bits = 63 - pos_bits - (int(users.max()) if n else 0).bit_length()
+    if n == 0 or coarse is None or key_bits < 1:
+        return np.lexsort((keys, users))
+    coarse >>= max(int(coarse.max()).bit_length() - key_bits, 0)
+    packed = (users.astype(np.int64) << (key_bits + pos_bits)) | (coarse << pos_bits) | np.arange(n)
+    packed.sort()
+    order = packed & ((1 << pos_bits) - 1)
+    head = packed >> pos_bits
+    tied = head[1:] == head[:-1]  # tied[k]: sorted positions k and k + 1 share user and coarse key
+    if tied.any():
+        linked = np.r_[False, tied]  # linked to the position before
+        members = np.flatnonzero(linked | np.r_[tied, False])
+        run = np.cumsum(~linked[members])
+        idx = order[members]
+        order[members] = idx[np.lexsort((idx, keys[idx], run))]
+    return order
+
+
+def _coarse_keys(keys: np.ndarray) -> np.ndarray | None:
+    """Non-negative int64 keys in the same order as ``keys``, ties allowed; None when there is no cheap map.
+
+    Random floats in [0, 1) scale exactly by 2**53 (only the exponent changes); non-negative ints are kept.
+    """
+    if keys.dtype.kind == "f" and len(keys) and keys.min() >= 0.0 and keys.max() < 1.0:
+        return (keys * 2.0**53).astype(np.int64)
+    if keys.dtype.kind in "iu" and len(keys) and keys.min() >= 0:
+        return keys.astype(np.int64)
+    return None
 
 
 def random_holdout(users: np.ndarray, ratio: float, seed: int, min_keep: int = 1) -> np.ndarray:

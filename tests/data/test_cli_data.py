@@ -23,6 +23,7 @@ def test_stats_on_gzipped_lightgcn_folder(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     stats = json.loads(out.stdout)
     assert (stats["users"], stats["items"], stats["train"], stats["test"]) == (3, 5, 7, 3)
+    assert stats["interactions_per_s"] > 0  # the load rate of issue 14, from Dataset.stats()
 
 
 def test_stats_human_table_and_threshold(tmp_path: Path) -> None:

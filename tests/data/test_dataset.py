@@ -39,6 +39,16 @@ def test_given_split_counts_and_unseen_ids_dropped_with_count(lightgcn_dir: Path
     assert ds.users.raw[7] == "7" and ds.users.get("7") == 7
 
 
+def test_stats_report_the_load_rate(lightgcn_dir: Path, tmp_path: Path) -> None:
+    ds = load_dataset(lightgcn_dir)
+    assert ds.interactions_read == 50 * 12 + 3  # both files, before unseen ids are dropped
+    stats = ds.stats()
+    assert ds.load_seconds is not None and stats["load_seconds"] == round(ds.load_seconds, 3)
+    assert stats["interactions_per_s"] == round(603 / ds.load_seconds)
+    ds.save(tmp_path / "saved")
+    assert "interactions_per_s" not in Dataset.load(tmp_path / "saved").stats()  # not loaded from files
+
+
 def test_no_leakage_between_splits(lightgcn_dir: Path) -> None:
     ds = load_dataset(lightgcn_dir, valid_ratio=0.2, seed=3)
     tr, va, te = (pairs(p.users, p.items) for p in (ds.train, ds.valid, ds.test))
