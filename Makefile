@@ -6,8 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PRODUCT := hashrec model index service
 
-.PHONY: demo test install redis lint bench-quality bench-retrieval bench-service clean
+.PHONY: demo test install redis lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hashrec needs Python >= 3.11"'
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: on the project's machines this takes the CPU wheel on disk (see README).
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[serve,parquet,dev]"
+	$(BIN)/python -m pip install -q -e ".[serve,parquet,ray,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -29,22 +30,17 @@ redis:
 demo: install
 	$(BIN)/hashrec demo
 
-test: install redis
+# The gates that keep the code as simple as it is: ruff (style, imports, complexity <= 12 per function),
+# mypy (types), pylint's duplicate-code check (no copied run of 6+ lines in product code).
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PRODUCT)
+	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --ignore-imports=yes \
+		--ignore-docstrings=yes --ignore-comments=yes --score=no $(PRODUCT)
+
+test: install redis lint
 	$(BIN)/python -m pytest
-
-lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy hashrec model index service bench
-
-bench-quality: install
-	$(BIN)/hashrec bench quality --data ../shared/data/gowalla --runs runs/gowalla-default runs/gowalla-paper runs/gowalla-continuous
-
-bench-retrieval: install
-	$(BIN)/hashrec bench retrieval
-
-bench-service: install redis
-	$(BIN)/hashrec bench service
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -18,7 +18,9 @@ def add_data_args(p: argparse.ArgumentParser, *, positional: bool = True) -> Non
         p.add_argument("path", help="dataset folder (train.txt[.gz] + test.txt) or interaction file")
     g = p.add_argument_group("data loading")
     g.add_argument("--test", dest="test_path", default=None, help="explicit test file (same format)")
-    g.add_argument("--format", dest="fmt", default="auto", choices=["auto", "adjacency", "delimited", "parquet"])
+    g.add_argument(
+        "--format", dest="fmt", default="auto", choices=["auto", "adjacency", "delimited", "parquet"]
+    )
     g.add_argument("--sep", default=None, help="separator of delimited files (default: sniffed); 'tab' = \\t")
     g.add_argument("--columns", default=None, help="column names, e.g. user,item,rating,timestamp (- = skip)")
     hdr = g.add_mutually_exclusive_group()

@@ -175,12 +175,13 @@ class TrainConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        for name in _POSITIVE_INTS:
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise self._bad(name, "expected an integer >= 1")
-        for name in _NON_NEGATIVE_INTS:
-            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise self._bad(name, "expected an integer >= 0")
+        for names, low, what in ((_POSITIVE_INTS, 1, ">= 1"), (_NON_NEGATIVE_INTS, 0, ">= 0")):
+            for name in names:
+                if not is_int(getattr(self, name)) or getattr(self, name) < low:
+                    raise self._bad(name, f"expected an integer {what}")
+        self._check_floats()
+
+    def _check_floats(self) -> None:
         for name in _POSITIVE_FLOATS:
             if isinstance(getattr(self, name), bool) or not getattr(self, name) > 0:
                 raise self._bad(name, "expected a value > 0")

@@ -31,18 +31,18 @@ own draws would have been.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 (the conventional name)
 from torch import nn
 
 from hashrec.data import BipartiteGraph
 from hashrec.model.config import TrainConfig
 from hashrec.model.encoders import LightGCNEncoder, SageEncoder
 from hashrec.model.hashing import HashLayer, code_probability, draw_codes, ste_sign
-from hashrec.model.losses import bpr_loss, l2_penalty, margin_loss, reconstruction_loss, softmax_loss
+from hashrec.model.losses import bpr_loss, l2_penalty, margin_loss, reconstruction_loss
 
 # masked softmax logits: finite (exp underflows to 0 exactly) so that the distillation's p * log p stays 0
 _MASKED = -1e4
@@ -59,6 +59,19 @@ class Batch:
     neg: np.ndarray
     shared: np.ndarray
     shared_mask: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class _Logits:
+    """Softmax logits of a batch: the positive's [B] and the shared items' [B, S], and their log-sum-exp."""
+
+    pos: torch.Tensor
+    shared: torch.Tensor
+
+    @functools.cached_property
+    def lse(self) -> torch.Tensor:
+        """``log(exp(pos) + sum exp(shared))`` per example [B]."""
+        return torch.logaddexp(self.pos, torch.logsumexp(self.shared, dim=1))
 
 
 @dataclass
@@ -164,8 +177,11 @@ class HashGNN(nn.Module):
         inv_t = torch.from_numpy(inv).to(dev)
         mask = None
         if batch.shared_mask is not None and len(batch.shared_mask[0]):
-            rows, cols = batch.shared_mask
-            mask = (torch.from_numpy(rows).to(dev), torch.from_numpy(cols + 1).to(dev))  # column 0: positive
+            # one boolean [B, S] matrix for every head's masked_fill_ (the pairs can be millions on dense data)
+            mask = torch.zeros((b, len(batch.shared)), dtype=torch.bool, device=dev)
+            mask[
+                torch.from_numpy(batch.shared_mask[0]).to(dev), torch.from_numpy(batch.shared_mask[1]).to(dev)
+            ] = True
 
         def head(layers: tuple[HashLayer, HashLayer]) -> _Head:
             zi = layers[1](enc_i)[inv_t]
@@ -187,16 +203,7 @@ class HashGNN(nn.Module):
             r_total, _ = self._head_losses(rerank, p, cfg.softmax_tau, mask, gen, out, "rerank_")
             total = total + r_total
             if cfg.distill_weight > 0 and student is not None:
-                # the teacher: the re-rank head's continuous scores of the same candidates (what re-ranks)
-                teacher = self._logits(
-                    rerank, torch.zeros_like(rerank.u[:, :1], dtype=torch.bool), cfg.softmax_tau, mask
-                )
-                out["distill"] = F.kl_div(
-                    F.log_softmax(student, dim=1),
-                    F.log_softmax(teacher.detach(), dim=1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
+                out["distill"] = self._distill(student, rerank, mask)
                 total = total + cfg.distill_weight * out["distill"]
         if cfg.l2 > 0:
             eu, ei = self.encoder.id_embeddings(
@@ -212,11 +219,11 @@ class HashGNN(nn.Module):
         z: _Head,
         prob: float,
         tau: float,
-        mask: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
         gen: torch.Generator,
         out: dict[str, torch.Tensor],
         prefix: str,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, _Logits | None]:
         """Add one head's weighted terms to ``out``; returns (their sum, the softmax logits or None)."""
         cfg = self.cfg
         # One draw per example (or per bit) shared by the user and its own items, as in the official code:
@@ -239,37 +246,44 @@ class HashGNN(nn.Module):
         logits = None
         if cfg.softmax_weight > 0 and len(z.shared):
             logits = self._logits(z, draw, tau, mask)
-            out[prefix + "softmax"] = softmax_loss(logits)
+            out[prefix + "softmax"] = (logits.lse - logits.pos).mean()  # cross-entropy of the positive
             total = total + cfg.softmax_weight * out[prefix + "softmax"]
         return total, logits
 
-    def _logits(
-        self, z: _Head, draw: torch.Tensor, tau: float, mask: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor:
-        """Softmax logits [B, 1 + S]: the positive (column 0), then the shared items, ``<h_u, h_c>/(K tau)``.
+    def _logits(self, z: _Head, draw: torch.Tensor, tau: float, mask: torch.Tensor | None) -> _Logits:
+        """Softmax logits of the positive [B] and of the shared items [B, S], ``<h_u, h_c>/(K tau)``.
 
         Each example sees every candidate in its own space: where its draw says code, the candidates'
         codes, elsewhere their z (per bit with per-bit draws): ``(h_u * d) @ sign(Z)^T + (h_u * (1 - d)) @ Z^T``.
-        Masked pairs (training positives among the shared items) get a logit of -1e4.
+        Masked pairs (training positives among the shared items) get a logit of -1e4. The positive's column
+        is kept apart (no [B, 1 + S] concatenation: every pass over these matrices is most of a step).
         """
         hu = _mix(z.u, draw) / (z.u.shape[-1] * tau)
-        hp = _mix(z.pos, draw)
-        if bool(draw.all()):
-            shared = hu @ ste_sign(z.shared).T
-        elif not bool(draw.any()):
-            shared = hu @ z.shared.T
-        elif draw.shape[-1] == 1:  # one draw per example: each row in one space, one product's worth of work
-            rows = draw[:, 0]
-            shared = hu.new_empty((len(hu), len(z.shared)))
-            shared = shared.index_put((rows.nonzero()[:, 0],), hu[rows] @ ste_sign(z.shared).T)
-            shared = shared.index_put(((~rows).nonzero()[:, 0],), hu[~rows] @ z.shared.T)
-        else:  # per-bit draws: bit by bit, the code part and the continuous part
-            d = draw.to(hu.dtype)
+        pos = (hu * _mix(z.pos, draw)).sum(-1)
+        if bool(draw.all()) or not bool(draw.any()):
+            shared = hu @ (ste_sign(z.shared) if bool(draw.all()) else z.shared).T
+        else:
+            d = draw.to(hu.dtype)  # per example ([B, 1]) or per bit ([B, K]): the same two products
             shared = (hu * d) @ ste_sign(z.shared).T + (hu * (1 - d)) @ z.shared.T
-        logits = torch.cat([(hu * hp).sum(-1, keepdim=True), shared], dim=1)
         if mask is not None:
-            logits = logits.index_put(mask, torch.tensor(_MASKED, device=logits.device))
-        return logits
+            shared = shared.masked_fill(mask, _MASKED)
+        return _Logits(pos, shared)
+
+    def _distill(self, student: _Logits, rerank: _Head, mask: torch.Tensor | None) -> torch.Tensor:
+        """KL(teacher || student) over each example's candidates, the teacher being the re-rank head's
+        continuous scores (what re-ranks), at its temperature, and no gradient to it.
+
+        ``KL = sum_c p_T(c) (log p_T(c) - s_c) + lse(s)``: the student's log-sum-exp is its softmax term's,
+        so the distillation adds one pass over the logits, not a second log-softmax.
+        """
+        with torch.no_grad():
+            t = self._logits(
+                rerank, torch.zeros_like(rerank.u[:, :1], dtype=torch.bool), self.cfg.softmax_tau, mask
+            )
+            p_pos, p_shared = torch.exp(t.pos - t.lse), torch.exp(t.shared - t.lse[:, None])
+            neg_entropy = p_pos * (t.pos - t.lse) + (p_shared * (t.shared - t.lse[:, None])).sum(1)
+        cross = p_pos * student.pos + (p_shared * student.shared).sum(1)
+        return (neg_entropy - cross + student.lse).mean()
 
     # -- new users ----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -7,9 +7,10 @@ Scores of the codes are ``s = scale * <h_u, h_i> / K`` where ``h`` are the (guid
   ``-log sigma(s_pos) - sum_j log(1 - sigma(s_neg_j))``, HashGNN's graph reconstruction term.
 - :func:`bpr_loss`: ``mean_j softplus(s_neg_j - s_pos)`` (= -log sigma(s_pos - s_neg)), the paper's ranking loss.
 - :func:`margin_loss`: ``mean_j max(0, margin - s_pos + s_neg_j)``, the triplet variant.
-- :func:`softmax_loss`: cross-entropy of the positive among candidates (sampled items shared by the batch),
-  logits divided by a temperature; not in the paper, it gives many negatives per example at the cost of
-  one matrix product and trains faster per CPU-minute.
+
+The sampled softmax (cross-entropy of the positive among the batch's shared items, not in the paper: many
+negatives per example for one matrix product) and the distillation are computed by
+:class:`hashrec.model.hashgnn.HashGNN` itself, on logits it keeps in two parts (positive, shared items).
 """
 
 from __future__ import annotations
@@ -33,11 +34,6 @@ def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 def margin_loss(pos: torch.Tensor, neg: torch.Tensor, margin: float) -> torch.Tensor:
     """pos [B], neg [B, M] -> scalar ``mean relu(margin - pos + neg)``."""
     return F.relu(margin - pos[:, None] + neg).mean()
-
-
-def softmax_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of column 0 (the positive) of ``logits`` [B, 1 + S] (masked entries hold -1e4)."""
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
 def l2_penalty(*tensors: torch.Tensor) -> torch.Tensor:

@@ -376,7 +376,8 @@ def _clock(ctx: Context, reserve: float) -> tuple[bool, float]:
     if not math.isfinite(ctx.budget.seconds):
         return False, 0.0
     left, elapsed = ctx.budget.left(), ctx.budget.elapsed()
-    return ctx.dist.decide((left < reserve, elapsed))  # type: ignore[no-any-return]
+    stop, seconds = ctx.dist.decide((left < reserve, elapsed))
+    return bool(stop), float(seconds)
 
 
 def _record(losses: dict[str, torch.Tensor], steps: int) -> dict[str, float]:

@@ -78,14 +78,19 @@ def test_an_example_is_scored_in_its_own_space(synth_dataset: Dataset, tmp_path:
         hu = sign(z.u[r]) if code else z.u[r]
         cand = torch.cat([z.pos[r : r + 1], z.shared])
         hc = sign(cand) if code else cand
-        assert torch.allclose(logits[r], hc @ hu / (16 * 0.1), atol=1e-5)
+        got = torch.cat([logits.pos[r : r + 1], logits.shared[r]])
+        assert torch.allclose(got, hc @ hu / (16 * 0.1), atol=1e-5)
+    # the log-sum-exp is the cross-entropy's: over the positive and the shared items together
+    full = torch.cat([logits.pos[:, None], logits.shared], dim=1)
+    ce = torch.nn.functional.cross_entropy(full, torch.zeros(6, dtype=torch.long))
+    assert torch.allclose((logits.lse - logits.pos).mean(), ce, atol=1e-5)
     # per-bit draws: bit by bit
     bits = torch.rand(6, 16, generator=g) < 0.5
     logits = m._logits(z, bits, 0.1, None)
     hu = torch.where(bits, sign(z.u), z.u)
     for r in range(6):
         hs = torch.where(bits[r], sign(z.shared), z.shared)
-        assert torch.allclose(logits[r, 1:], hs @ hu[r] / (16 * 0.1), atol=1e-5)
+        assert torch.allclose(logits.shared[r], hs @ hu[r] / (16 * 0.1), atol=1e-5)
 
 
 def test_shared_items_that_are_the_users_positives_are_masked(synth_dataset: Dataset) -> None:
@@ -104,10 +109,11 @@ def test_masked_pairs_do_not_count_as_negatives(synth_dataset: Dataset, tmp_path
     graph = synth_dataset.graph("train")
     m = model(graph, tmp_path)
     z = _Head(torch.randn(2, 16), torch.randn(2, 16), torch.randn(2, 2, 16), torch.randn(3, 16))
-    mask = (torch.tensor([1]), torch.tensor([2]))  # example 1, shared item 1 (column 2; column 0 = positive)
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    mask[1, 1] = True  # example 1's shared item 1 is one of its user's training items
     logits = m._logits(z, torch.ones(2, 1, dtype=torch.bool), 0.1, mask)
-    assert logits[1, 2] == -1e4 and logits[0, 2] > -100
-    probs = torch.softmax(logits, dim=1)
+    assert logits.shared[1, 1] == -1e4 and logits.shared[0, 1] > -100
+    probs = torch.softmax(torch.cat([logits.pos[:, None], logits.shared], dim=1), dim=1)
     assert probs[1, 2] == 0.0
 
 

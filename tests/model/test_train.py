@@ -276,7 +276,9 @@ def test_trained_model_beats_popularity_in_all_modes(
     known = ds.graph("known").user_items
     truth = ds.graph("test").user_items
     users = np.flatnonzero(np.diff(truth.indptr) > 0)
-    r = Retriever.from_arrays(run.user_z, run.item_z, known, user_vectors=run.user_vectors, item_vectors=run.item_vectors)
+    r = Retriever.from_arrays(
+        run.user_z, run.item_z, known, user_vectors=run.user_vectors, item_vectors=run.item_vectors
+    )
     got = score_modes(r, truth, users, 20, [60])
     pop = recall_ndcg(popularity_topk(known, 20, users), truth[users], 20)["recall"]
     for mode in ("continuous", "hamming", "hierarchical"):
