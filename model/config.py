@@ -53,6 +53,7 @@ _NON_NEGATIVE_INTS = ("shared_negatives", "valid_users", "patience", "threads")
 _POSITIVE_FLOATS = ("softmax_tau", "code_tau", "lr", "margin")
 _WEIGHTS = ("rec_weight", "rank_weight", "softmax_weight", "distill_weight", "l2")
 _FRACTIONS = ("pure_ste_at", "code_pure_ste_at")
+_UNIT = ("code_grad_scale",)
 
 
 class ConfigError(DataError):
@@ -88,6 +89,8 @@ class TrainConfig:
         softmax_weight / softmax_tau / shared_negatives: softmax over the positive and ``shared_negatives``
             uniform items shared by the batch, logits ``<h_u, h_c>/(K tau)``; ``code_tau`` is the code head's.
         distill_weight: KL pulling the code head's softmax towards the re-rank head's continuous one.
+        code_grad_scale: how much of the code head's gradient reaches the shared encoder (1 = all, 0 = none:
+            the encoder then learns from the re-rank head alone and the code head projects its output).
         l2: L2 penalty on the ID embeddings of the batch (per example).
     Optimisation:
         lr, batch_size (edges), epochs (the most), seed.
@@ -137,6 +140,7 @@ class TrainConfig:
     code_tau: float = 0.1
     shared_negatives: int = 4096
     distill_weight: float = 1.0
+    code_grad_scale: float = 1.0
     l2: float = 0.0
     lr: float = 0.01
     lr_schedule: Literal["constant", "cosine"] = "cosine"
@@ -193,8 +197,9 @@ class TrainConfig:
                 raise self._bad(
                     name, "expected a fraction in (0, 1) so that pure STE is reached before the end"
                 )
-        if not 0.0 <= self.code_prob_start <= 1.0:
-            raise self._bad("code_prob_start", "expected a probability in [0, 1]")
+        for name in ("code_prob_start", *_UNIT):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise self._bad(name, "expected a value in [0, 1]")
         if self.score_scale is not None and not self.score_scale > 0:
             raise self._bad("score_scale", "expected a value > 0 (or None for raw inner products)")
         if self.time_budget_min is not None and not self.time_budget_min > 0:

@@ -183,13 +183,14 @@ class HashGNN(nn.Module):
                 torch.from_numpy(batch.shared_mask[0]).to(dev), torch.from_numpy(batch.shared_mask[1]).to(dev)
             ] = True
 
-        def head(layers: tuple[HashLayer, HashLayer]) -> _Head:
-            zi = layers[1](enc_i)[inv_t]
-            return _Head(layers[0](enc_u), zi[:b], zi[b : b + b * m].view(b, m, -1), zi[b + b * m :])
+        def head(layers: tuple[HashLayer, HashLayer], grad: float = 1.0) -> _Head:
+            eu, ei = (enc_u, enc_i) if grad == 1.0 else (_scale_grad(enc_u, grad), _scale_grad(enc_i, grad))
+            zi = layers[1](ei)[inv_t]
+            return _Head(layers[0](eu), zi[:b], zi[b : b + b * m].view(b, m, -1), zi[b + b * m :])
 
         out: dict[str, torch.Tensor] = {}
         heads = self._heads()
-        code = head(heads[0])
+        code = head(heads[0], cfg.code_grad_scale if len(heads) > 1 else 1.0)
         code_prob = code_probability(
             progress, cfg.code_prob_start, cfg.code_pure_ste_at if len(heads) > 1 else cfg.pure_ste_at
         )
@@ -333,6 +334,11 @@ class HashGNN(nn.Module):
             coef = np.linalg.solve(gram, x1.T @ target)  # [d + 1, out]
             heads.append((coef[:-1].T, coef[-1]))
         return f, 1.0, heads
+
+
+def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` forward; its gradient multiplied by ``scale`` backward (0: a detached view)."""
+    return x.detach() if scale == 0 else x * scale + x.detach() * (1.0 - scale)
 
 
 def _mix(z: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:

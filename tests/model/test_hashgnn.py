@@ -131,3 +131,21 @@ def test_scores_are_raw_or_scaled(synth_dataset: Dataset, tmp_path: object, scal
     m = model(synth_dataset.graph("train"), tmp_path, score_scale=scale)
     hu, hi = torch.ones(2, 16), torch.ones(2, 16)
     assert m.score(hu, hi).tolist() == ([16.0, 16.0] if scale is None else [8.0, 8.0])
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_code_grad_scale_scales_what_the_code_head_teaches_the_encoder(
+    synth_dataset: Dataset, tmp_path: object, scale: float
+) -> None:
+    graph = synth_dataset.graph("train")
+    batch = small_batch(graph)
+
+    def encoder_grad(s: float) -> torch.Tensor:
+        m = model(graph, tmp_path, code_grad_scale=s, distill_weight=0.0)
+        out = m.loss(batch, 0.5, None, torch.Generator().manual_seed(1))
+        (out["rec"] + out["rank"] + out["softmax"]).backward()  # the code head's terms only
+        assert m.user_hash.fc.weight.grad is not None and float(m.user_hash.fc.weight.grad.abs().sum()) > 0
+        return m.encoder.user_emb.weight.grad.clone()  # type: ignore[union-attr]
+
+    full = encoder_grad(1.0)
+    assert torch.allclose(encoder_grad(scale), full * scale, atol=1e-6)
