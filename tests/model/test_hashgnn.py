@@ -145,7 +145,8 @@ def test_code_grad_scale_scales_what_the_code_head_teaches_the_encoder(
         out = m.loss(batch, 0.5, None, torch.Generator().manual_seed(1))
         (out["rec"] + out["rank"] + out["softmax"]).backward()  # the code head's terms only
         assert m.user_hash.fc.weight.grad is not None and float(m.user_hash.fc.weight.grad.abs().sum()) > 0
-        return m.encoder.user_emb.weight.grad.clone()  # type: ignore[union-attr]
+        w = m.encoder.user_emb.weight
+        return torch.zeros_like(w) if w.grad is None else w.grad.clone()
 
     full = encoder_grad(1.0)
     assert torch.allclose(encoder_grad(scale), full * scale, atol=1e-6)
