@@ -244,7 +244,7 @@ class Retriever:
             d, i = binary_index.search(self.bundle.index, codes[pending], width)
             keep = i >= 0
             if exclude is not None:
-                keep &= ~_members(i, [exclude[r] for r in pending], self.n_items)
+                keep &= ~_members(i, [exclude[int(r)] for r in pending], self.n_items)
             if allow is not None:
                 keep &= _in_sorted(i, allow)
             found = keep.sum(axis=1)
@@ -333,7 +333,7 @@ class Retriever:
         for r in np.flatnonzero((width < self.n_items) & (d[:, -1] == last)):
             scores = np.asarray(self.bundle.item_vectors, dtype=np.float32) @ vectors[r]
             if exclude is not None:
-                scores[np.asarray(exclude[r], dtype=np.int64)] = -np.inf
+                scores[np.asarray(exclude[int(r)], dtype=np.int64)] = -np.inf
             top = np.lexsort((np.arange(self.n_items), -scores))[:k]
             d[r], i[r] = scores[top], np.where(np.isfinite(scores[top]), top, -1)
         return d, i

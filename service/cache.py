@@ -26,8 +26,8 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, Protocol
 
 from .metrics import ServiceMetrics
 
@@ -346,8 +346,8 @@ class RedisCache:
             self._metrics.breaker_open.set(0)
         self.breaker.success()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -56,7 +56,7 @@ class ServiceContext:
         return snap
 
 
-def _stage_observer(metrics: ServiceMetrics):  # type: ignore[no-untyped-def]
+def _stage_observer(metrics: ServiceMetrics) -> Callable[[str, float], None]:
     """``observe(stage, seconds)`` into the stage histogram (label children looked up once: ``labels()``
     takes a lock and builds a key per call, and this runs several times per model call)."""
     stages = {name: metrics.stage.labels(name) for name in ("recall", "rerank", "model")}

@@ -85,7 +85,11 @@ def install_drain(on_term: Callable[[], None], drain_s: float) -> Callable[[], N
             loop.call_soon_threadsafe(loop.call_later, drain_s, previous, sig, frame)
 
     signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def freeze_startup_heap() -> int:

@@ -145,13 +145,11 @@ def build_router(settings: Settings) -> APIRouter:
 
         async def stream() -> AsyncIterator[bytes]:
             loop = asyncio.get_running_loop()
-            rows, chunks, done = 0, encoded(), object()
+            rows, chunks = 0, encoded()
             try:
-                while (
-                    chunk := await loop.run_in_executor(ctx.export_executor, next, chunks, done)
-                ) is not done:
-                    rows += chunk.count(b"\n")  # type: ignore[union-attr]
-                    yield chunk  # type: ignore[misc]
+                while chunk := await loop.run_in_executor(ctx.export_executor, next, chunks, b""):
+                    rows += chunk.count(b"\n")
+                    yield chunk
                 end = ExportEnd(rows=rows, version=snap.version, unknown_filter_items=filters.unknown)
                 yield end.model_dump_json().encode() + b"\n"
             finally:

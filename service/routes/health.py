@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -39,7 +40,7 @@ async def readyz(ctx: CtxDep) -> Response:
     service unready."""
     snap = ctx.state.snapshot
     if snap is None or ctx.state.draining:
-        status = "draining" if ctx.state.draining else "unavailable"
+        status: Literal["draining", "unavailable"] = "draining" if ctx.state.draining else "unavailable"
         return JSONResponse(
             Status(status=status, version=snap.version if snap else None).model_dump(), status_code=503
         )
