@@ -78,13 +78,13 @@ def _step(n: int, title: str) -> None:
 
 def run_demo(workdir: Path, *, seed: int, host: str, port: int, keep_serving: bool, epochs: int) -> int:
     """Run the whole tour in ``workdir``; returns the exit status (0 = every step worked)."""
-    from hashrec.index.bundle import load_bundle
-    from hashrec.model.export import export_run
-    from hashrec.index.retriever import Retriever
-    from hashrec.model.config import TrainConfig
     from hashrec.data import DataConfig
     from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
+    from hashrec.index.bundle import load_bundle
+    from hashrec.index.retriever import Retriever
+    from hashrec.model.config import TrainConfig
     from hashrec.model.evaluate import evaluate_run, markdown_table, write_reports
+    from hashrec.model.export import export_run
     from hashrec.model.train import train
 
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ manifest and re-applied on load:
   contract (distance ascending, then item id ascending). The default up to a few million items.
 - ``ivf``: ``IndexBinaryIVF`` (params ``nlist``, ``nprobe``), approximate: k-means over the codes in
   Hamming space, then only ``nprobe`` lists are scanned. Its recall against the exact Hamming top-C must be
-  measured on the real codes (``hashrec bench retrieval`` does).
+  measured on the real codes (``benchmarks/retrieval.py`` does).
 - ``hnsw``: ``IndexBinaryHNSW`` (params ``M``, ``efSearch``), approximate, far more memory per item.
 
 Item ids are the positions of the codes (internal ids 0..n-1), so no ID-map wrapper is needed.

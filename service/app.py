@@ -79,6 +79,9 @@ def create_app(settings: Settings, snapshot: Snapshot | None = None) -> FastAPI:
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         log_requests=settings.access_log,
+        max_inflight=settings.max_inflight,
+        retry_after_s=settings.retry_after_s,
+        api_token=settings.api_token.get_secret_value() if settings.api_token else None,
     )
     return app
 

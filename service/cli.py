@@ -61,7 +61,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limit_native_threads(1)
     # the workers of this replica share admin reloads and report their version through a private directory
     made = settings.runtime_dir is None
-    runtime = Path(tempfile.mkdtemp(prefix="hashrec-")) if settings.runtime_dir is None else settings.runtime_dir
+    runtime = (
+        Path(tempfile.mkdtemp(prefix="hashrec-")) if settings.runtime_dir is None else settings.runtime_dir
+    )
     settings = settings.model_copy(update={"runtime_dir": runtime})
     # Load (and fully validate) the bundle before uvicorn starts: a missing or corrupt bundle must stop the
     # process with the file and the reason, not a half-started server.

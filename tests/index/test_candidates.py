@@ -23,7 +23,9 @@ HASHREC = str(Path(sys.executable).with_name("hashrec"))
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Retriever:
-    return Retriever(load_bundle(make_bundle(tmp_path_factory.mktemp("b"), n_users=120, n_items=300, bits=32)))
+    return Retriever(
+        load_bundle(make_bundle(tmp_path_factory.mktemp("b"), n_users=120, n_items=300, bits=32))
+    )
 
 
 def test_rows_are_the_retrievers_answers(small: Retriever) -> None:
@@ -49,7 +51,9 @@ def test_file_export_round_trip_and_atomicity(small: Retriever, tmp_path: Path, 
     else:
         rows = pq.read_table(out).to_pylist()
     first = next(iter_batches(small, None, 25, batch=1))
-    assert rows[0]["user"] == first.users[0] and rows[0]["items"] == first.items[0, : first.lengths[0]].tolist()
+    assert (
+        rows[0]["user"] == first.users[0] and rows[0]["items"] == first.items[0, : first.lengths[0]].tolist()
+    )
     assert [r["user"] for r in rows] == [str(u) for u in small.bundle.users.raw]
     # a failure half-way leaves nothing under the name, and no temporary file behind
     bad = tmp_path / f"broken{suffix}"
@@ -60,10 +64,23 @@ def test_file_export_round_trip_and_atomicity(small: Retriever, tmp_path: Path, 
 
 def test_ray_export_equals_one_process_on_gowallas_shape(tmp_path: Path) -> None:
     """29,858 users x 40,981 items (seeded random vectors): 2 Ray actors write what one process writes."""
-    bundles = make_bundle(tmp_path / "b", n_users=29_858, n_items=40_981, bits=64, seen_per_user=27, foldin=False)
+    bundles = make_bundle(
+        tmp_path / "b", n_users=29_858, n_items=40_981, bits=64, seen_per_user=27, foldin=False
+    )
     one = tmp_path / "one.parquet"
     r = subprocess.run(
-        [HASHREC, "export-candidates", "--bundles", str(bundles), "--out", str(one), "--candidates", "50", "--batch", "2048"],
+        [
+            HASHREC,
+            "export-candidates",
+            "--bundles",
+            str(bundles),
+            "--out",
+            str(one),
+            "--candidates",
+            "50",
+            "--batch",
+            "2048",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -71,8 +88,22 @@ def test_ray_export_equals_one_process_on_gowallas_shape(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "ray"
     r = subprocess.run(
-        [HASHREC, "export-candidates", "--bundles", str(bundles), "--out", str(out), "--candidates", "50"]
-        + ["--engine", "ray", "--workers", "2", "--batch", "2048"],
+        [
+            HASHREC,
+            "export-candidates",
+            "--bundles",
+            str(bundles),
+            "--out",
+            str(out),
+            "--candidates",
+            "50",
+            "--engine",
+            "ray",
+            "--workers",
+            "2",
+            "--batch",
+            "2048",
+        ],
         capture_output=True,
         text=True,
         timeout=900,

@@ -1,16 +1,19 @@
-"""Fixtures of the reliability tests: bundles of random embeddings on the synthetic dataset (no training)
-and real ``hashrec serve`` processes on free ports (``hashrec.bench.server_process``)."""
+"""Fixtures of the reliability tests: a bundle of random embeddings on the synthetic dataset (no training)
+per module and the app in-process, admin enabled (``support.app_client``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from harness import make_bundle
+from support import ADMIN_TOKEN, app_client, make_bundle
 
-from hashrec.bench.server_process import ADMIN_TOKEN, ServerProcess
 from hashrec.data import Dataset
+
+if TYPE_CHECKING:  # imported by the tests themselves (conftests load before the warning filters)
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +25,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, synth_dataset: Dataset) ->
 
 
 @pytest.fixture(scope="module")
-def server(bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server per module: in-process cache, admin enabled, access log on (tests read it)."""
-    srv = ServerProcess(
-        bundles,
-        tmp_path_factory.mktemp("srv") / "server.log",
-        env={"HASHREC_ADMIN_TOKEN": ADMIN_TOKEN},
-        access_log=True,
-    )
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture()
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: ``start_server(bundles, env={...})`` starts a server that is stopped after the test."""
-    started: list[ServerProcess] = []
-
-    def start(bundles: Path, env: dict[str, str] | None = None, **kw: object) -> ServerProcess:
-        srv = ServerProcess(bundles, tmp_path / f"server{len(started)}.log", env=env, **kw)  # type: ignore[arg-type]
-        started.append(srv)
-        return srv.start()
-
-    yield start
-    for srv in started:
-        srv.stop()
+def client(bundles: Path) -> Iterator[TestClient]:
+    """One app per module: in-process cache, admin enabled."""
+    with app_client(bundles, admin_token=ADMIN_TOKEN) as c:
+        yield c

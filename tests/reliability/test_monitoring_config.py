@@ -1,16 +1,14 @@
 """docker/prometheus.yml, docker/alerts.yml and the compose `monitoring` profile: structure, and every
-metric an alert reads is one the live service really exports (no Docker engine or promtool needed)."""
+metric an alert reads is one the app really exports (in-process; no Docker engine or promtool needed)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
-
-from hashrec.bench.server_process import ServerProcess
+from fastapi.testclient import TestClient
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -67,10 +65,9 @@ def _exported_families(text: str) -> set[str]:
     return fams
 
 
-def test_every_metric_an_alert_reads_is_exported(rules: list[dict], server: ServerProcess) -> None:  # type: ignore[type-arg]
-    with httpx.Client(base_url=server.url) as c:
-        c.get("/recommend/0")
-        exported = _exported_families(c.get("/metrics").text)
+def test_every_metric_an_alert_reads_is_exported(rules: list[dict], client: TestClient) -> None:  # type: ignore[type-arg]
+    client.get("/recommend/u000")
+    exported = _exported_families(client.get("/metrics").text)
     used = {m for r in rules for m in re.findall(r"\bhashrec_[a-z_]+\b", r["expr"])}
     assert used and used <= exported, used - exported
 
@@ -80,7 +77,9 @@ def test_scrape_config_and_compose_profile() -> None:
     assert "/etc/prometheus/alerts.yml" in prom["rule_files"]
     (job,) = prom["scrape_configs"]
     assert job["metrics_path"] == "/metrics" and job["job_name"] == "hashrec"
-    assert job["static_configs"][0]["targets"] == ["api:8000"]
+    # every replica of the api service, found through Docker's DNS
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["api"] and sd["type"] == "A" and sd["port"] == 8000
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     svc = compose["services"]["prometheus"]
     assert svc["profiles"] == ["monitoring"]  # optional: `docker compose up` alone does not start it

@@ -1,20 +1,20 @@
-"""Security basics (issue 6): the admin token is compared in constant time and enforced; bodies and exports
-are bounded; no request reaches the file system outside the bundles directory; secrets never appear in
-logs or answers."""
+"""Security basics, in-process: the admin token is compared in constant time and enforced; bodies and
+exports are bounded; no request reaches the file system outside the bundles directory; secrets never
+appear in logs or answers. (The export's memory bound, a property of the server process, is checked in
+tests/e2e/test_server_resources.py.)"""
 
 from __future__ import annotations
 
 import ast
+import logging
 import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
+from fastapi.testclient import TestClient
+from support import ADMIN_TOKEN, RedisProcess, app_client, make_bundle
 
-from hashrec.bench.server_process import ADMIN_TOKEN, RedisProcess, ServerProcess, make_random_bundle
-from hashrec.data import Dataset
+from hashrec.service.json_logs import JsonFormatter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,17 +56,15 @@ def test_admin_token_is_compared_in_constant_time() -> None:
         ("Bearer " + "\u00e9" * len(ADMIN_TOKEN)).encode(),  # non-ASCII must not crash the comparison
     ],
 )
-def test_admin_reload_refuses_every_wrong_token(server: ServerProcess, header: str | bytes | None) -> None:
+def test_admin_reload_refuses_every_wrong_token(client: TestClient, header: str | bytes | None) -> None:
     headers = {} if header is None else {"authorization": header}
-    r = httpx.post(server.url + "/admin/reload", json={}, headers=headers, timeout=30)
+    r = client.post("/admin/reload", json={}, headers=headers)
     assert r.status_code == 401, r.text
     assert r.json()["error"]["field"] == "header.authorization"
 
 
-def test_admin_reload_accepts_the_token(server: ServerProcess) -> None:
-    r = httpx.post(
-        server.url + "/admin/reload", json={}, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
-    )
+def test_admin_reload_accepts_the_token(client: TestClient) -> None:
+    r = client.post("/admin/reload", json={}, headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 200, r.text
 
 
@@ -74,52 +72,33 @@ def test_admin_reload_accepts_the_token(server: ServerProcess) -> None:
     "version",
     ["..", "../x", "/etc", "a/b", "current/../..", ".hidden", "..%2f..", "x" * 129, "~root", "\\..\\.."],
 )
-def test_reload_versions_cannot_name_paths(server: ServerProcess, version: str) -> None:
-    r = httpx.post(
-        server.url + "/admin/reload",
-        json={"version": version},
-        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=30,
+def test_reload_versions_cannot_name_paths(client: TestClient, version: str) -> None:
+    r = client.post(
+        "/admin/reload", json={"version": version}, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
     )
     assert r.status_code in (404, 422), r.text
     assert r.json()["error"]["field"] == "body.version"
 
 
-def test_a_symlink_in_the_bundles_directory_cannot_lead_outside_it(
-    tmp_path: Path, synth_dataset: Dataset, start_server: Callable[..., ServerProcess]
-) -> None:
+def test_a_symlink_in_the_bundles_directory_cannot_lead_outside_it(tmp_path: Path) -> None:
     """A version name that resolves (through a symlink) to a directory outside the bundles directory is
     refused: a request can only ever load what lies under HASHREC_BUNDLES."""
     inside, outside = tmp_path / "bundles", tmp_path / "elsewhere"
-    make_random_bundle(inside, 300, 200, 32, seed=1)
-    other = make_random_bundle(outside, 300, 200, 32, seed=2)
+    make_bundle(inside, seed=1, n_users=300, n_items=200)
+    other = make_bundle(outside, seed=2, n_users=300, n_items=200)
     os.symlink(other, inside / "evil")
-    srv = start_server(inside, env={"HASHREC_ADMIN_TOKEN": ADMIN_TOKEN})
-    before = httpx.get(srv.url + "/healthz").json()["version"]
-    r = httpx.post(
-        srv.url + "/admin/reload",
-        json={"version": "evil"},
-        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-        timeout=30,
-    )
-    assert r.status_code in (404, 422), r.text
-    assert httpx.get(srv.url + "/healthz").json()["version"] == before
+    with app_client(inside, admin_token=ADMIN_TOKEN) as c:
+        before = c.get("/healthz").json()["version"]
+        r = c.post(
+            "/admin/reload", json={"version": "evil"}, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert r.status_code in (404, 422), r.text
+        assert c.get("/healthz").json()["version"] == before
 
 
-def test_export_and_batch_sizes_are_bounded(
-    bundles: Path, start_server: Callable[..., ServerProcess]
-) -> None:
-    srv = start_server(
-        bundles,
-        env={
-            "HASHREC_MAX_EXPORT_USERS": "5",
-            "HASHREC_MAX_BATCH_USERS": "5",
-            "HASHREC_MAX_CANDIDATES": "50",
-            "HASHREC_DEFAULT_CANDIDATES": "50",
-            "HASHREC_MAX_BODY_BYTES": "4096",
-        },
-    )
-    with httpx.Client(base_url=srv.url, timeout=30) as c:
+def test_export_and_batch_sizes_are_bounded(bundles: Path) -> None:
+    limits = {"max_export_users": 5, "max_batch_users": 5, "max_candidates": 50, "default_candidates": 50}
+    with app_client(bundles, max_body_bytes=4096, **limits) as c:
         r = c.post("/candidates/export", json={"users": ["0"] * 6})
         assert r.status_code == 422 and r.json()["error"]["field"] == "body.users"
         r = c.post("/candidates/export", json={"users": ["0"], "candidates": 51})
@@ -132,62 +111,40 @@ def test_export_and_batch_sizes_are_bounded(
         assert r.status_code == 422
 
 
-def test_export_memory_is_bounded_by_one_batch(
-    tmp_path: Path, start_server: Callable[..., ServerProcess]
-) -> None:
-    """Streaming 20,000 users x 100 candidates (~40 MB of NDJSON) grows the server's RSS by far less than
-    the export's size: rows are computed a batch at a time and dropped once sent."""
-    bundles = tmp_path / "big"
-    make_random_bundle(bundles, 20_000, 3000, 64, seed=3)
-    srv = start_server(bundles, env={"HASHREC_EXPORT_BATCH": "256"})
-    rss0 = srv.rss()
-    peak, size, rows = rss0, 0, 0
-    with (
-        httpx.Client(base_url=srv.url, timeout=120) as c,
-        c.stream("POST", "/candidates/export", json={"users": None, "candidates": 100}) as r,
-    ):
-        assert r.status_code == 200
-        for chunk in r.iter_bytes():
-            size += len(chunk)
-            rows += chunk.count(b"\n")
-            peak = max(peak, srv.rss())
-    assert rows == 20_000
-    assert size > 30 * 2**20
-    assert peak - rss0 < size / 3, (peak - rss0, size)
+class _Lines(logging.Handler):
+    """Every record, formatted as the service writes it (JSON, extra fields and request id included)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
-def test_secrets_never_appear_in_logs_or_answers(
-    bundles: Path, tmp_path: Path, start_server: Callable[..., ServerProcess]
-) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
+def test_secrets_never_appear_in_logs_or_answers(bundles: Path, tmp_path: Path) -> None:
     redis = RedisProcess(tmp_path / "redis", ["--requirepass", "redis-pass-9f8e7d6c5b4a"]).start()
+    handler, root = _Lines(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
     try:
         wrong_pw = f"redis://:wrong-pass-1a2b3c4d5e6f@127.0.0.1:{redis.port}/0"
-        srv = start_server(
-            bundles,
-            env={
-                "HASHREC_ADMIN_TOKEN": ADMIN_TOKEN,
-                "HASHREC_REDIS_URL": wrong_pw,
-                "HASHREC_LOG_LEVEL": "DEBUG",
-            },
-            access_log=True,
-        )
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            answers = [c.get("/recommend/0").text for _ in range(5)]
-            answers.append(c.get("/healthz").text)
-            answers.append(c.get("/metrics").text)
-            answers.append(c.get("/openapi.json").text)
+        with app_client(bundles, admin_token=ADMIN_TOKEN, redis_url=wrong_pw, log_level="DEBUG") as c:
+            answers = [c.get(f"/recommend/u00{i}").text for i in range(5)]  # known users: cache look-ups
+            answers += [c.get(path).text for path in ("/healthz", "/metrics", "/openapi.json")]
             for token in (ADMIN_TOKEN, ADMIN_TOKEN + "x", "not-the-token-at-all-000"):
                 answers.append(
                     c.post("/admin/reload", json={}, headers={"authorization": f"Bearer {token}"}).text
                 )
-        srv.stop()
-        log = srv.log_text()
-        assert "cache" in log.lower()  # the Redis failure itself is logged ...
-        for secret in (ADMIN_TOKEN, "wrong-pass-1a2b3c4d5e6f", "not-the-token-at-all-000"):
-            assert secret not in log, f"{secret!r} in the server log"  # ... but never a secret
-            for a in answers:
-                assert secret not in a, f"{secret!r} in an answer"
     finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
         redis.stop()
+    log = "\n".join(handler.lines)
+    assert "cache breaker opened after Redis" in log, log[-3000:]  # the Redis failure itself is logged ...
+    for secret in (ADMIN_TOKEN, "wrong-pass-1a2b3c4d5e6f", "not-the-token-at-all-000"):
+        assert secret not in log, f"{secret!r} in the log"  # ... but never a secret
+        for a in answers:
+            assert secret not in a, f"{secret!r} in an answer"

@@ -1,15 +1,19 @@
-"""Fixtures of the service tests (helpers live in ``tests/harness.py``)."""
+"""Fixtures of the service tests: a published bundle per module and the app in-process, admin enabled
+(``support.app_client``: FastAPI's test client, the lifespan run for the module)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
-from harness import ADMIN_TOKEN, ServerProcess, make_bundle
+from support import ADMIN_TOKEN, app_client, make_bundle
 
 from hashrec.data import Dataset
+
+if TYPE_CHECKING:  # imported by the tests themselves (conftests load before the warning filters)
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +25,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, synth_dataset: Dataset) ->
 
 
 @pytest.fixture(scope="module")
-def server(bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server per module, in-process LRU cache, admin enabled."""
-    srv = ServerProcess(
-        bundles, tmp_path_factory.mktemp("srv") / "server.log", HASHREC_ADMIN_TOKEN=ADMIN_TOKEN
-    )
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture()
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    """An httpx client bound to the module's server."""
-    with httpx.Client(base_url=server.url, timeout=10.0) as c:
+def client(bundles: Path) -> Iterator[TestClient]:
+    """One app per module: in-process LRU cache, admin enabled."""
+    with app_client(bundles, admin_token=ADMIN_TOKEN) as c:
         yield c

@@ -1,13 +1,15 @@
-"""Every endpoint's bad-input cases: the documented 4xx, always ``{"error": {code, message, field}}``."""
+"""Every endpoint's bad-input cases, in-process: the documented 4xx, always ``{"error": {code, message,
+field}}``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from harness import ADMIN_TOKEN
+from fastapi.testclient import TestClient
+from support import ADMIN_TOKEN, app_client
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -172,7 +174,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "code", "field"), CASES)
 def test_bad_input(
-    client: httpx.Client,
+    client: TestClient,
     method: str,
     path: str,
     kwargs: dict[str, Any],
@@ -190,7 +192,7 @@ def test_bad_input(
     assert body["error"]["message"]
 
 
-def test_chunked_body_over_the_limit_gets_413(client: httpx.Client) -> None:
+def test_chunked_body_over_the_limit_gets_413(client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"users": ['
         for _ in range(200_000):
@@ -201,32 +203,11 @@ def test_chunked_body_over_the_limit_gets_413(client: httpx.Client) -> None:
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
 
-def test_admin_disabled_without_token(bundles, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from harness import ServerProcess
-
-    srv = ServerProcess(bundles, tmp_path / "log", HASHREC_ADMIN_TOKEN="").start()
-    try:
-        r = httpx.post(srv.url + "/admin/reload", headers=AUTH)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
-    finally:
-        srv.stop()
+def test_admin_disabled_without_token(bundles: Path) -> None:
+    with app_client(bundles, admin_token="") as c:
+        r = c.post("/admin/reload", headers=AUTH)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
 
 
-def test_service_still_answers_after_bad_inputs(client: httpx.Client) -> None:
+def test_service_still_answers_after_bad_inputs(client: TestClient) -> None:
     assert client.get("/recommend/u000").status_code == 200
-
-
-def test_reload_refused_with_several_workers(bundles, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """With two worker processes a reload would reach one of them: refused, both keep one version."""
-    from harness import ServerProcess
-
-    srv = ServerProcess(
-        bundles, tmp_path / "log", HASHREC_ADMIN_TOKEN=ADMIN_TOKEN, HASHREC_WORKERS="2"
-    ).start()
-    try:
-        r = httpx.post(srv.url + "/admin/reload", headers=AUTH)
-        assert r.status_code == 409 and r.json()["error"]["code"] == "reload_unsupported"
-        versions = {httpx.get(srv.url + "/readyz").json()["version"] for _ in range(8)}
-        assert len(versions) == 1
-    finally:
-        srv.stop()

@@ -1,4 +1,6 @@
-"""Candidate export: the NDJSON stream (complete, well-formed, one version) and the offline command."""
+"""Candidate export: the NDJSON stream in-process (complete, well-formed, ended by its end line, one
+version even across a reload, item filters, the token and the cap on concurrent exports) and the offline
+command ``hashrec export-candidates`` (the same rows)."""
 
 from __future__ import annotations
 
@@ -7,36 +9,47 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from harness import ADMIN_TOKEN, HASHREC, ServerProcess, make_bundle
+from fastapi.testclient import TestClient
+from support import ADMIN_TOKEN, app_client, make_bundle
+from support.processes import HASHREC
 
+from hashrec.data import Dataset
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever
-from hashrec.data import Dataset
 
 C = 25
 
 
 @pytest.fixture(scope="module")
-def export_server(bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server computing 64 users per export step (several steps for the 600 test users)."""
-    with ServerProcess(
-        bundles,
-        tmp_path_factory.mktemp("exp") / "server.log",
-        HASHREC_EXPORT_BATCH="64",
-        HASHREC_ADMIN_TOKEN=ADMIN_TOKEN,
-    ).start() as srv:
-        yield srv
+def exporter(bundles: Path) -> Iterator[TestClient]:
+    """The app computing 64 users per export step (several steps for the 600 test users)."""
+    with app_client(bundles, export_batch=64, admin_token=ADMIN_TOKEN) as c:
+        yield c
 
 
-def stream_rows(url: str, body: dict) -> tuple[dict[str, str], list[dict]]:  # type: ignore[type-arg]
-    with httpx.stream("POST", url + "/candidates/export", json=body, timeout=30) as r:
-        assert r.status_code == 200
+def stream_rows(
+    c: TestClient,
+    body: dict,
+    unknown: int = 0,
+    **kw: object,  # type: ignore[type-arg]
+) -> tuple[dict[str, str], list[dict]]:  # type: ignore[type-arg]
+    """(headers, rows) of a complete export: the last line is the end line, naming the rows sent (and
+    ``unknown`` filter ids)."""
+    with c.stream("POST", "/candidates/export", json=body, **kw) as r:  # type: ignore[arg-type]
+        assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("application/x-ndjson")
-        lines = [line for line in r.iter_lines() if line]
-        return dict(r.headers), [json.loads(line) for line in lines]
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+        headers = dict(r.headers)
+    *rows, end = lines
+    assert end == {
+        "end": True,
+        "rows": len(rows),
+        "version": headers["x-model-version"],
+        "unknown_filter_items": unknown,
+    }
+    return headers, rows
 
 
 def check_rows(rows: list[dict], ref: Retriever, users: list[str], c: int) -> None:  # type: ignore[type-arg]
@@ -52,44 +65,88 @@ def check_rows(rows: list[dict], ref: Retriever, users: list[str], c: int) -> No
 
 
 def test_export_all_users_is_complete_and_well_formed(
-    export_server: ServerProcess, synth_dataset: Dataset
+    exporter: TestClient, bundles: Path, synth_dataset: Dataset
 ) -> None:
-    ref = Retriever(load_bundle(export_server.bundles))
-    headers, rows = stream_rows(export_server.url, {"users": None, "candidates": C})
+    ref = Retriever(load_bundle(bundles))
+    headers, rows = stream_rows(exporter, {"users": None, "candidates": C})
     assert headers["x-model-version"] == ref.version and headers["x-total-users"] == "600"
     check_rows(rows, ref, [str(u) for u in synth_dataset.users.raw], C)
 
 
-def test_export_given_users_in_order(export_server: ServerProcess, synth_dataset: Dataset) -> None:
-    ref = Retriever(load_bundle(export_server.bundles))
+def test_export_given_users_in_order(exporter: TestClient, bundles: Path, synth_dataset: Dataset) -> None:
+    ref = Retriever(load_bundle(bundles))
     users = [str(u) for u in synth_dataset.users.raw[[50, 3, 599, 3]]]
-    _h, rows = stream_rows(export_server.url, {"users": users, "candidates": 10})
+    _h, rows = stream_rows(exporter, {"users": users, "candidates": 10})
     check_rows(rows, ref, users, 10)
 
 
-def test_reload_during_export_keeps_one_version(export_server: ServerProcess, synth_dataset: Dataset) -> None:
-    before = Retriever(load_bundle(export_server.bundles)).version
-    with httpx.stream(
-        "POST", export_server.url + "/candidates/export", json={"candidates": 200}, timeout=30
-    ) as r:
-        it = r.iter_lines()
-        first = json.loads(next(it))
-        make_bundle(export_server.bundles, synth_dataset, seed=11)
-        rr = httpx.post(
-            export_server.url + "/admin/reload",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            timeout=10,
-        )
-        assert rr.status_code == 200 and rr.json()["changed"]
-        rest = [json.loads(line) for line in it if line]
-    assert 1 + len(rest) == 600
-    assert {first["version"]} | {row["version"] for row in rest} == {before}
+def test_reload_during_export_keeps_one_version(
+    bundles: Path, tmp_path: Path, synth_dataset: Dataset
+) -> None:
+    """A reload while a stream is half sent: the stream finishes on the version it started with."""
+    own = tmp_path / "bundles"  # this test publishes a version: not in the module's shared directory
+    make_bundle(own, synth_dataset, seed=1)
+    before = Retriever(load_bundle(own)).version
+    with app_client(own, export_batch=64, admin_token=ADMIN_TOKEN) as c:
+        with c.stream("POST", "/candidates/export", json={"candidates": 200}) as r:
+            it = r.iter_lines()
+            first = json.loads(next(it))
+            make_bundle(own, synth_dataset, seed=11)  # published: the new `current`
+            rr = c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert rr.status_code == 200 and rr.json()["changed"]
+            *rest, end = [json.loads(line) for line in it if line]
+        after = c.get("/readyz").json()["version"]
+    assert 1 + len(rest) == 600 and end["rows"] == 600 and end["version"] == before
+    assert {first["version"]} | {row["version"] for row in rest} == {before} and after != before
+
+
+def test_item_filters_apply_to_every_row(exporter: TestClient, bundles: Path, synth_dataset: Dataset) -> None:
+    ref = Retriever(load_bundle(bundles))
+    users = [str(u) for u in synth_dataset.users.raw[:30]]
+    exclude = ["i001", "i002", "i003", "no-such-item"]
+    include = [f"i{j:03d}" for j in range(0, 400, 3)]  # i003 is in both: excluded wins
+    body = {"users": users, "candidates": 10, "exclude_items": exclude, "include_items": include}
+    _h, rows = stream_rows(exporter, body, unknown=1)
+    ex, _ = ref.item_index(exclude)
+    inc, _ = ref.item_index(include)
+    expected = ref.recommend(users, 10, 10, exclude_items=ex, include_items=inc)
+    assert [row["items"] for row in rows] == [rec.items for rec in expected if rec is not None]
+    served = {item for row in rows for item in row["items"]}
+    assert served <= set(include) - set(exclude) and len(served) > 10
+
+
+def test_export_token(bundles: Path) -> None:
+    token = "export-token-0123456789"
+    with app_client(bundles, export_token=token) as c:
+        r = c.post("/candidates/export", json={"users": ["u000"]})
+        assert r.status_code == 401 and r.json()["error"]["field"] == "header.authorization"
+        assert r.headers["www-authenticate"] == "Bearer"
+        _h, rows = stream_rows(c, {"users": ["u000"]}, headers={"Authorization": f"Bearer {token}"})
+        assert [row["user"] for row in rows] == ["u000"]
+        assert c.get("/recommend/u000").status_code == 200  # the export token guards the export only
+
+
+def test_concurrent_exports_are_capped(bundles: Path) -> None:
+    """Past ``max_exports`` streams, 503 with Retry-After at once; the slot frees when a stream ends."""
+    with app_client(bundles, max_exports=1, export_batch=16, retry_after_s=3) as c:
+        with c.stream("POST", "/candidates/export", json={"candidates": 50}) as first:
+            assert first.status_code == 200
+            lines = first.iter_lines()
+            next(lines)  # streaming now
+            r = c.post("/candidates/export", json={"users": ["u000"]})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "too_many_exports"
+            assert r.headers["retry-after"] == "3"
+            assert c.get("/recommend/u000").status_code == 200  # online requests are not held up
+            *_rows, end = [json.loads(line) for line in lines if line]
+            assert end["end"] and end["rows"] == 600
+        _h, rows = stream_rows(c, {"users": ["u000"]})
+        assert len(rows) == 1
 
 
 def test_offline_export_matches_the_endpoint(
-    export_server: ServerProcess, tmp_path: Path, synth_dataset: Dataset
+    exporter: TestClient, bundles: Path, tmp_path: Path, synth_dataset: Dataset
 ) -> None:
-    ref = Retriever(load_bundle(export_server.bundles))
+    ref = Retriever(load_bundle(bundles))
     users = [str(u) for u in synth_dataset.users.raw[:120]]
     users_file = tmp_path / "users.txt"
     users_file.write_text("# user ids\n" + "\n".join(users) + "\n")
@@ -99,7 +156,7 @@ def test_offline_export_matches_the_endpoint(
             HASHREC,
             "export-candidates",
             "--bundles",
-            str(export_server.bundles),
+            str(bundles),
             "--out",
             str(out),
             "--users",
@@ -116,7 +173,7 @@ def test_offline_export_matches_the_endpoint(
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     check_rows(rows, ref, users, C)
-    _h, served = stream_rows(export_server.url, {"users": users, "candidates": C})
+    _h, served = stream_rows(exporter, {"users": users, "candidates": C})
     assert rows == served
 
     pq = pytest.importorskip("pyarrow.parquet")
@@ -126,7 +183,7 @@ def test_offline_export_matches_the_endpoint(
             HASHREC,
             "export-candidates",
             "--bundles",
-            str(export_server.bundles),
+            str(bundles),
             "--out",
             str(pout),
             "--candidates",

@@ -35,9 +35,16 @@ def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         ("unknown_user", "maybe", "unknown_user"),
         ("cache_ttl_s", -1, "cache_ttl_s"),
         ("cache_ttl_jitter", 1.0, "cache_ttl_jitter"),
-        ("cache_refresh_ahead", -0.1, "cache_refresh_ahead"),
-        ("cache_refresh_ahead", 1.0, "cache_refresh_ahead"),
-        ("cache_refresh_concurrency", 0, "cache_refresh_concurrency"),
+        ("cache_bytes", 1000, "cache_bytes"),
+        ("near_cache_bytes", -1, "near_cache_bytes"),
+        ("export_threads", 0, "export_threads"),
+        ("workers", 0, "workers"),
+        ("bundle_poll_s", -1, "bundle_poll_s"),
+        ("max_inflight", 0, "max_inflight"),
+        ("request_timeout_s", 0, "request_timeout_s"),
+        ("max_exports", 0, "max_exports"),
+        ("api_token", "short", "api_token"),
+        ("export_token", "short", "export_token"),
         ("gc_freeze", "sometimes", "gc_freeze"),
     ],
 )
@@ -50,17 +57,19 @@ def test_bad_values_name_the_field(
     assert needle in str(err.value)
 
 
-def test_refresh_ahead_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_sizes_and_gc_freeze_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HASHREC_BUNDLES", str(tmp_path))
     s = Settings()  # type: ignore[call-arg]
-    assert s.cache_refresh_ahead == 0.1 and s.cache_refresh_concurrency == 16 and s.gc_freeze is True
-    monkeypatch.setenv("HASHREC_CACHE_REFRESH_AHEAD", "0")  # 0 = off, a valid value
-    monkeypatch.setenv("HASHREC_CACHE_REFRESH_CONCURRENCY", "16")
+    assert s.cache_bytes == 64 << 20 and s.near_cache_bytes == 16 << 20 and s.gc_freeze is True
+    monkeypatch.setenv("HASHREC_CACHE_BYTES", str(1 << 20))
+    monkeypatch.setenv("HASHREC_NEAR_CACHE_BYTES", "0")  # 0 = no near cache, a valid value
     monkeypatch.setenv("HASHREC_GC_FREEZE", "false")
     s = Settings()  # type: ignore[call-arg]
-    assert s.cache_refresh_ahead == 0.0 and s.cache_refresh_concurrency == 16 and s.gc_freeze is False
-    monkeypatch.setenv("HASHREC_CACHE_REFRESH_AHEAD", "0.95x")
-    with pytest.raises(ValidationError, match="cache_refresh_ahead"):
+    assert s.cache_bytes == 1 << 20 and s.near_cache_bytes == 0 and s.gc_freeze is False
+    monkeypatch.setenv("HASHREC_CACHE_BYTES", "64MB")
+    with pytest.raises(ValidationError, match="cache_bytes"):
         Settings()  # type: ignore[call-arg]
 
 
@@ -76,15 +85,3 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
     assert env["HASHREC_PORT"] == "9001"
     assert env["HASHREC_ADMIN_TOKEN"] == "a" * 20
     assert env["HASHREC_ACCESS_LOG"] == "false"
-
-
-def test_native_thread_limits_cover_an_already_loaded_blas() -> None:
-    import numpy as np
-    from threadpoolctl import threadpool_info
-
-    from hashrec.service.app import limit_native_threads
-
-    np.ones((4, 4)) @ np.ones(4)  # BLAS loaded and initialised before the limit, as in `hashrec serve`
-    limit_native_threads(1)
-    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    assert blas and all(i["num_threads"] == 1 for i in blas)

@@ -47,7 +47,9 @@ class ServerProcess:
     """A ``hashrec serve`` subprocess on 127.0.0.1 and a free port; ``start`` waits for ``/readyz``.
 
     ``env`` adds or overrides ``HASHREC_*`` variables (for example the Redis URL or the admin token).
-    The access log is on, as deployed, unless asked otherwise (a load benchmark may turn it off).
+    One worker process unless ``workers`` says otherwise (the service's own default depends on the
+    machine's cores). The access log is on, as deployed, unless asked otherwise (a load benchmark may
+    turn it off).
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         compute_threads: int = 2,
         access_log: bool = True,
+        workers: int = 1,
     ) -> None:
         self.bundles = Path(bundles)
+        self.workers = workers
         self.port = free_port()
         self.log_path = Path(log_path)
         self.env = {
@@ -66,6 +70,7 @@ class ServerProcess:
             "HASHREC_BUNDLES": str(self.bundles),
             "HASHREC_HOST": "127.0.0.1",
             "HASHREC_PORT": str(self.port),
+            "HASHREC_WORKERS": str(workers),
             "HASHREC_COMPUTE_THREADS": str(compute_threads),
             "HASHREC_ACCESS_LOG": "true" if access_log else "false",
             **(env or {}),
@@ -80,7 +85,8 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """The server's process id (``hashrec serve`` runs uvicorn in-process with one worker)."""
+        """The ``hashrec serve`` process id: with one worker, the process that answers; with several, their
+        supervisor (see :meth:`worker_pids`)."""
         assert self.proc is not None, "server not started"
         return self.proc.pid
 
@@ -116,8 +122,31 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout)
 
     def rss(self) -> int:
-        """The server's resident memory in bytes."""
-        return rss_bytes(self.pid)
+        """The server's resident memory in bytes (with several workers: the workers' together)."""
+        if self.workers == 1:
+            return rss_bytes(self.pid)
+        return sum(rss_bytes(p) for p in self.worker_pids())
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids: with several workers, the children of :attr:`pid` that
+        multiprocessing spawned to serve (not its resource tracker); ``[pid]`` with one worker, which is
+        the process itself. Linux: read from ``/proc``."""
+        if self.workers == 1:
+            return [self.pid]
+        try:
+            children = [
+                int(c) for c in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            ]
+        except OSError:
+            return []
+        out = []
+        for child in children:
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    out.append(child)
+            except OSError:
+                continue
+        return out
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; idempotent."""

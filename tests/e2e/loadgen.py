@@ -1,4 +1,4 @@
-"""A small load generator for the reliability runs: raw asyncio HTTP/1.1, open or closed loop, in its own
+"""A small load generator for the end-to-end runs: raw asyncio HTTP/1.1, open or closed loop, in its own
 process, and every answer checked (status, complete body, version, the exact expected items).
 
 Why not wrk or httpx: wrk cannot check answers (a fault run must prove *no wrong answer*, not only no
@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import json
 import multiprocessing as mp
+import queue
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,20 +67,25 @@ class LoadSpec:
 
 @dataclass
 class LoadResult:
-    """One entry per request, in completion order. ``t``: scheduled send time (epoch s), ``latency``: s,
+    """One entry per request, in completion order. ``t``: scheduled send time (epoch s), ``sent``: when its
+    bytes were actually written (later than ``t`` when the client falls behind), ``latency``: s from ``t``,
     ``error``: "" when the answer passed every check, else what was wrong."""
 
     t0: float = 0.0
     t: list[float] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     status: list[int] = field(default_factory=list)
     error: list[str] = field(default_factory=list)
     version: list[str] = field(default_factory=list)
     source: list[str] = field(default_factory=list)
 
-    def add(self, t: float, lat: float, status: int, error: str, version: str, source: str) -> None:
+    def add(
+        self, t: float, lat: float, status: int, error: str, version: str, source: str, sent: float = 0.0
+    ) -> None:
         """Record one request."""
         self.t.append(t)
+        self.sent.append(sent or t)
         self.latency.append(lat)
         self.status.append(status)
         self.error.append(error)
@@ -199,6 +205,37 @@ def check_answer(
     return "", version, source
 
 
+class _Connection:
+    """A worker's keep-alive connection: opened on first use, closed after an error or ``Connection:
+    close`` (the next exchange opens a new one)."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self._rw: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request; raises what :func:`http_exchange` raises, or TimeoutError."""
+        timeout = self.spec.timeout_s
+        try:
+            if self._rw is None:
+                self._rw = await asyncio.wait_for(
+                    asyncio.open_connection(self.spec.host, self.spec.port), timeout=timeout
+                )
+            status, _h, body, keep = await asyncio.wait_for(http_exchange(*self._rw, raw), timeout=timeout)
+        except BaseException:
+            self.close()
+            raise
+        if not keep:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        """Close the connection if one is open."""
+        if self._rw is not None:
+            self._rw[1].close()
+            self._rw = None
+
+
 async def run_load(spec: LoadSpec) -> LoadResult:
     """Send the load described by ``spec`` and return one record per request (in this event loop)."""
     t0 = spec.start_at if spec.start_at is not None else time.time()
@@ -211,44 +248,33 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     end = t0 + spec.duration_s
     raws = [serialise(spec.host, spec.port, tg) for tg in spec.targets]
 
+    async def next_slot() -> tuple[int, float] | None:
+        """(request number, scheduled time) of the next request, once it is due; None when done."""
+        i = next(counter)
+        if n_total is None:  # closed loop: now, until the end
+            now = time.time()
+            return None if now >= end else (i, now)
+        if i >= n_total:
+            return None
+        sched = t0 + i / float(spec.rate or 1)
+        if sched > time.time():
+            await asyncio.sleep(sched - time.time())
+        return i, sched
+
     async def worker() -> None:
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        while True:
-            i = next(counter)
-            if n_total is not None:
-                if i >= n_total:
-                    break
-                sched = t0 + i / float(spec.rate or 1)
-                wait = sched - time.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            else:
-                sched = time.time()
-                if sched >= end:
-                    break
+        conn = _Connection(spec)
+        while (slot := await next_slot()) is not None:
+            i, sched = slot
             j = i % len(raws)
-            target = spec.targets[j]
             status, err, version, source = 0, "", "", ""
+            sent = time.time()
             try:
-                if conn is None:
-                    conn = await asyncio.wait_for(
-                        asyncio.open_connection(spec.host, spec.port), timeout=spec.timeout_s
-                    )
-                status, _h, body, keep = await asyncio.wait_for(
-                    http_exchange(conn[0], conn[1], raws[j]), timeout=spec.timeout_s
-                )
-                err, version, source = check_answer(target, status, body, spec.expected)
-                if not keep:
-                    conn[1].close()
-                    conn = None
+                status, body = await conn.exchange(raws[j])
+                err, version, source = check_answer(spec.targets[j], status, body, spec.expected)
             except (TimeoutError, HttpError, OSError) as exc:
                 err = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-                if conn is not None:
-                    conn[1].close()
-                conn = None
-            result.add(sched, time.time() - sched, status, err, version, source)
-        if conn is not None:
-            conn[1].close()
+            result.add(sched, time.time() - sched, status, err, version, source, sent)
+        conn.close()
 
     await asyncio.gather(*(worker() for _ in range(max(1, spec.connections))))
     return result
@@ -279,9 +305,18 @@ class LoadHandle:
         self.spec = spec
 
     def result(self, timeout: float | None = None) -> LoadResult:
-        """Wait for the run to finish; raises RuntimeError when the load process failed."""
+        """Wait for the run to finish; raises RuntimeError when the load process failed or died."""
         wait = timeout if timeout is not None else self.spec.duration_s + self.spec.timeout_s + 60
-        kind, payload = self._queue.get(timeout=wait)  # before join: a large result must be drained first
+        deadline = time.monotonic() + wait
+        while True:  # drain the queue before join (a large result blocks the child until read)
+            try:
+                kind, payload = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._proc.is_alive() and self._queue.empty():
+                    raise RuntimeError(f"load generator died (exit code {self._proc.exitcode})") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"load generator gave no result in {wait:.0f} s") from None
         self._proc.join(timeout=10)
         if kind != "ok":
             raise RuntimeError(f"load generator failed: {payload}")
@@ -335,12 +370,3 @@ def recommend_targets(
     random.Random(seed).shuffle(order)
     q = f"?k={k}" + (f"&candidates={candidates}" if candidates else "")
     return [Target("GET", f"/recommend/{u}{q}", user=u) for u in order]
-
-
-def measure_capacity(port: int, targets: list[Target], seconds: float, connections: int = 16) -> float:
-    """Closed-loop throughput (answers/s that passed their checks) over ``seconds``."""
-    res = start_load(
-        LoadSpec(port=port, targets=targets, duration_s=seconds, rate=None, connections=connections)
-    ).result()
-    ok = sum(1 for e in res.error if not e)
-    return ok / seconds

@@ -1,36 +1,32 @@
-"""``hashrec bench soak``: minutes of steady load at 70% of the capacity measured just before, every answer
-checked; reports errors, p99 per minute and the server's resident memory over time.
+"""The soak: minutes of steady load at 70% of the capacity measured just before, every answer checked;
+reports errors, p99 per window and the server's resident memory over time. Opt-in (``--run-soak``):
 
-    hashrec bench soak --minutes 10        # the acceptance run: ~11 min, needs a quiet machine
-    hashrec bench soak --minutes 0.5       # a quick look
-    HASHREC_CACHE_TTL_S=60 hashrec bench soak --minutes 3 --rate 2000 --out /tmp/soak-a
-                                           # expiry waves every minute, at a fixed load, docs untouched
+    .venv/bin/python -m pytest tests/e2e/test_soak.py --run-soak --soak-minutes 10 --e2e-out /tmp/soak
 
-Steps: build a bundle of random embeddings (Gowalla-sized by default: 29,858 users x 40,981 items, 64 bits;
-the work per request depends on the sizes, not on the embeddings' quality) or use ``--bundles``; start
-``hashrec serve`` (Redis cache when ``redis-server`` is installed, else the in-process cache); warm up;
-measure capacity with a closed loop (32 connections, same request mix); then an open loop at
-``--load`` x capacity (or ``--rate``) for ``--minutes``, sampling every 5 s the server's RSS, from its
-``/metrics`` its own latency histogram of ``GET /recommend``, its garbage-collector pauses and event loop
-lag, and the machine's CPU time split (``/proc/stat``: busy, iowait, steal). The server inherits the
-environment, so ``HASHREC_*`` variables (a short ``HASHREC_CACHE_TTL_S``) apply to it.
+Steps (:func:`run_soak`): build a bundle of random embeddings (Gowalla-sized by default: 29,858 users x
+40,981 items, 64 bits; the work per request depends on the sizes, not on the embeddings' quality) or take
+``bundles``; start ``hashrec serve`` (:class:`support.ServerProcess`; Redis cache when ``redis-server`` is
+installed, else the in-process cache); warm up; measure capacity with a closed loop (32 connections, same
+request mix); then an open loop at ``load`` x capacity (or ``rate``) for ``minutes``, sampling every 5 s
+the server's RSS, from its ``/metrics`` its own latency histogram of ``GET /recommend``, its
+garbage-collector pauses and event loop lag, and the machine's CPU time split (``/proc/stat``: busy,
+iowait, steal). The server inherits the environment, so ``HASHREC_*`` variables (a short
+``HASHREC_CACHE_TTL_S``) apply to it.
 
 The client measures latency from each request's *scheduled* send time, so a stall anywhere (server,
 client, kernel, hypervisor) shows as latency. The per-window server-side figures tell them apart: when the
 client's p99 jumps but the server's own histogram does not, the time was lost outside the server's request
 handling (the client process, the machine's scheduler, or a stolen CPU: see the steal column).
 
-Pass criteria (issue 6): zero failed or wrong answers; p99 stable (the last minute's p99 within 2x of the
+Pass criteria: zero failed or wrong answers; p99 stable (the last minute's p99 within 2x of the
 first minute's); RSS growth under 5% from the end of the first minute (caches filling during the first
 minute are the intended use of memory, not a leak) to the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -58,10 +54,8 @@ def run_soak(
     ``rate``: offered load in requests/s instead of ``load`` x the measured capacity (capacity is still
     measured and reported), so that runs on a machine whose spare capacity varies compare at equal load.
     """
-    from tqdm import tqdm
-
-    from .loadgen import LoadSpec, recommend_targets, start_load, window_stats
-    from .server_process import RedisProcess, ServerProcess, expected_answers, make_random_bundle
+    from loadgen import LoadSpec, recommend_targets, start_load, window_stats
+    from support import RedisProcess, ServerProcess, expected_answers, make_bundle
 
     work = Path(workdir or tempfile.mkdtemp(prefix="hashrec-soak-"))
     redis_proc = None
@@ -69,7 +63,7 @@ def run_soak(
     try:
         if bundles is None:
             bundles = work / "bundles"
-            make_random_bundle(bundles, n_users, n_items, bits, seed=0)
+            make_bundle(bundles, seed=0, bits=bits, n_users=n_users, n_items=n_items, seen_per_user=27)
             users = [f"u{i}" for i in range(0, n_users, max(1, n_users // sample_users))][:sample_users]
         else:
             from hashrec.index.bundle import load_bundle, resolve_bundle_dir
@@ -126,11 +120,9 @@ def run_soak(
         )
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        with tqdm(total=int(duration), desc="soak", unit="s", file=sys.stderr) as bar:
-            while time.time() < t0 + duration:
-                time.sleep(1.0)
-                bar.n = int(min(duration, max(0.0, time.time() - t0)))
-                bar.refresh()
+        while time.time() < t0 + duration:
+            time.sleep(min(60.0, max(0.1, t0 + duration - time.time())))
+            log.info("soak: %.0f of %.0f s", min(duration, max(0.0, time.time() - t0)), duration)
         res = handle.result(timeout=duration + 120)
         stop.set()
         sampler.join(10)
@@ -286,8 +278,8 @@ def _f(v: float | None) -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    """The soak section of docs/reliability.md."""
-    from .report import md_table
+    """The soak table, then one row per window."""
+    from support.report import md_table
 
     t = r["total"]
     head = md_table(
@@ -361,61 +353,3 @@ def markdown(r: dict[str, Any]) -> str:
         + "\n\nPer window:\n\n"
         + per
     )
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    from .reliability_doc import write_reliability_section
-    from .report import save_json
-
-    if args.minutes <= 0 or (args.rate is not None and args.rate <= 0):
-        from hashrec.data import UserError
-
-        raise UserError(f"--minutes and --rate must be > 0, got {args.minutes} and {args.rate}")
-    r = run_soak(
-        args.minutes,
-        load=args.load,
-        n_users=args.users,
-        n_items=args.items,
-        redis=not args.no_redis,
-        bundles=Path(args.bundles) if args.bundles else None,
-        rate=args.rate,
-    )
-    md = markdown(r)
-    if args.out:
-        # a scratch run (a short or experimental soak): its JSON and table go to --out, the docs stay as
-        # the last acceptance run left them
-        out = Path(args.out)
-        path = save_json("soak", r, out_dir=out)
-        (out / "soak.md").write_text(md + "\n")
-    else:
-        path = save_json("soak", r)
-        write_reliability_section("soak", md, path, command=f"hashrec bench soak --minutes {args.minutes:g}")
-    print(md)
-    return 0 if r["passed"] else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``bench soak``."""
-    p = sub.add_parser(
-        "soak", help="minutes at 70%% of measured capacity: errors, p99, RSS -> docs/reliability.md"
-    )
-    p.add_argument("--minutes", type=float, default=10.0, help="soak length in minutes (default 10)")
-    p.add_argument("--load", type=float, default=0.7, help="fraction of the measured capacity (default 0.7)")
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=None,
-        help="offered load in requests/s instead of --load x measured capacity (for comparing runs)",
-    )
-    p.add_argument("--users", type=int, default=29858, help="users of the random bundle (Gowalla's count)")
-    p.add_argument("--items", type=int, default=40981, help="items of the random bundle (Gowalla's count)")
-    p.add_argument("--bundles", default=None, help="serve this bundles directory instead of a random bundle")
-    p.add_argument(
-        "--no-redis", action="store_true", help="in-process cache instead of a private redis-server"
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        help="write soak.json and soak.md to this directory instead of docs/ (scratch runs)",
-    )
-    p.set_defaults(func=_cmd)

@@ -1,1 +1,0 @@
-"""Benchmark commands (``hashrec bench ...``; imported as ``hashrec.bench``)."""

@@ -1,0 +1,68 @@
+"""What only a server process shows: slow clients do not starve others, and an export's memory is one
+batch, not the whole stream (the server's resident memory while it streams)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+
+import httpx
+from support import ServerProcess, make_bundle
+
+
+def test_slow_clients_do_not_starve_others(server: ServerProcess) -> None:
+    """Slowloris-style, bounded: 40 connections dribble a request one byte at a time for 3 s while a
+    normal client keeps getting answers; its median stays far below the time the slow ones hold."""
+    socks = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        s.sendall(b"GET /recommend/u0 HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    lat = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30.0) as c:
+            end = time.monotonic() + 3.0
+            i = 0
+            while time.monotonic() < end or len(lat) < 20:
+                for s in socks:
+                    # one byte of a header name per round: never completes (the server may close the
+                    # connection, which is fine)
+                    with contextlib.suppress(OSError):
+                        s.sendall(b"X")
+                t0 = time.perf_counter()
+                r = c.get(f"/recommend/u{3 + i}", params={"k": 5 + i % 5})
+                lat.append(time.perf_counter() - t0)
+                assert r.status_code == 200
+                i += 1
+                time.sleep(0.05)
+    finally:
+        for s in socks:
+            s.close()
+    lat.sort()
+    # a starved client would wait for the slow ones (3 s and more); a busy machine adds milliseconds
+    assert lat[len(lat) // 2] < 0.5, f"median latency {lat[len(lat) // 2]:.3f} s under slow clients"
+
+
+def test_export_memory_is_bounded_by_one_batch(tmp_path: Path) -> None:
+    """Streaming 20,000 users x 100 candidates (~40 MB of NDJSON) grows the server's RSS by far less than
+    the export's size: rows are computed a batch at a time and dropped once sent."""
+    bundles = tmp_path / "big"
+    make_bundle(bundles, seed=3, bits=64, n_users=20_000, n_items=3000)
+    env = {"HASHREC_EXPORT_BATCH": "256"}
+    with ServerProcess(bundles, tmp_path / "server.log", env=env).start(timeout=120) as srv:
+        rss0 = srv.rss()
+        peak, size, rows = rss0, 0, 0
+        with (
+            httpx.Client(base_url=srv.url, timeout=120) as c,
+            c.stream("POST", "/candidates/export", json={"users": None, "candidates": 100}) as r,
+        ):
+            assert r.status_code == 200
+            for chunk in r.iter_bytes():
+                size += len(chunk)
+                rows += chunk.count(b"\n")
+                peak = max(peak, srv.rss())
+    assert rows == 20_000 + 1  # and the end line
+    assert size > 30 * 2**20
+    assert peak - rss0 < size / 3, (peak - rss0, size)
