@@ -87,7 +87,8 @@ class TrainConfig:
             or averaged over the 1 + M terms.
         rank_weight / ranking / margin: BPR (softplus) or margin (triplet hinge) loss.
         softmax_weight / softmax_tau / shared_negatives: softmax over the positive and ``shared_negatives``
-            uniform items shared by the batch, logits ``<h_u, h_c>/(K tau)``; ``code_tau`` is the code head's.
+            uniform items shared by the batch, logits ``<h_u, h_c>/(K tau)``; ``code_tau`` is the code head's,
+            and ``code_negatives`` how many of the shared items its softmax and the distillation use.
         distill_weight: KL pulling the code head's softmax towards the re-rank head's continuous one.
         code_grad_scale: how much of the code head's gradient reaches the shared encoder (1 = all, 0 = none:
             the encoder then learns from the re-rank head alone and the code head projects its output).
@@ -138,6 +139,7 @@ class TrainConfig:
     softmax_weight: float = 1.0
     softmax_tau: float = 0.05
     code_tau: float = 0.1
+    code_negatives: int = 4096
     shared_negatives: int = 4096
     distill_weight: float = 1.0
     code_grad_scale: float = 1.0

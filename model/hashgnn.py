@@ -195,8 +195,18 @@ class HashGNN(nn.Module):
             progress, cfg.code_prob_start, cfg.code_pure_ste_at if len(heads) > 1 else cfg.pure_ste_at
         )
         code_tau = cfg.code_tau if len(heads) > 1 else cfg.softmax_tau
+        # with two heads the code head (and the distillation) see the first code_negatives shared items: a
+        # uniform subsample, and each [B, S] matrix is most of a step's cost
+        n = min(cfg.code_negatives, len(batch.shared)) if len(heads) > 1 else len(batch.shared)
+        code_mask = None if mask is None else mask[:, :n]
         total, student = self._head_losses(
-            code, 0.0 if cfg.continuous else code_prob, code_tau, mask, gen, out, ""
+            _Head(code.u, code.pos, code.neg, code.shared[:n]),
+            0.0 if cfg.continuous else code_prob,
+            code_tau,
+            code_mask,
+            gen,
+            out,
+            "",
         )
         if len(heads) > 1:
             rerank = head(heads[1])
@@ -204,7 +214,8 @@ class HashGNN(nn.Module):
             r_total, _ = self._head_losses(rerank, p, cfg.softmax_tau, mask, gen, out, "rerank_")
             total = total + r_total
             if cfg.distill_weight > 0 and student is not None:
-                out["distill"] = self._distill(student, rerank, mask)
+                teacher = _Head(rerank.u, rerank.pos, rerank.neg, rerank.shared[:n])
+                out["distill"] = self._distill(student, teacher, code_mask)
                 total = total + cfg.distill_weight * out["distill"]
         if cfg.l2 > 0:
             eu, ei = self.encoder.id_embeddings(

@@ -150,3 +150,21 @@ def test_code_grad_scale_scales_what_the_code_head_teaches_the_encoder(
 
     full = encoder_grad(1.0)
     assert torch.allclose(encoder_grad(scale), full * scale, atol=1e-6)
+
+
+def test_code_negatives_subsample_only_the_code_heads_softmax(
+    synth_dataset: Dataset, tmp_path: object
+) -> None:
+    graph = synth_dataset.graph("train")
+    batch = small_batch(graph, s=16)
+
+    def losses(n: int) -> dict[str, float]:
+        out = model(graph, tmp_path, code_negatives=n).loss(
+            batch, 0.5, None, torch.Generator().manual_seed(1)
+        )
+        return {k: float(v) for k, v in out.items()}
+
+    full, part = losses(16), losses(4)
+    assert part["rerank_softmax"] == pytest.approx(full["rerank_softmax"])  # the re-rank head sees all 16
+    assert part["softmax"] < full["softmax"]  # 4 negatives: an easier softmax for the code head
+    assert part["distill"] != pytest.approx(full["distill"])
