@@ -158,9 +158,8 @@ def train_presets(data: str, presets: list[str], work: Path, budget: float | Non
     for preset in presets:
         rd = work / preset
         if not (rd / "embeddings.npz").is_file():
-            cfg = TrainConfig.preset_config(
-                preset, DataConfig(path=data), time_budget_min=budget, progress=False
-            )
+            extra = {} if budget is None else {"time_budget_min": budget or None}
+            cfg = TrainConfig.preset_config(preset, DataConfig(path=data), progress=False, **extra)
             train(cfg, rd, resume=(rd / "last.pt").is_file(), force=not (rd / "last.pt").is_file())
         paths.append(rd)
     return paths
@@ -202,7 +201,12 @@ def main() -> int:
     p.add_argument("--runs", nargs="*", type=Path, default=[], help="run directories to evaluate")
     p.add_argument("--train", nargs="*", default=[], help="presets to train first (default, paper)")
     p.add_argument("--work", type=Path, default=Path("runs/bench"), help="where --train puts its runs")
-    p.add_argument("--time-budget", type=float, default=None, help="minutes per trained preset")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="minutes per trained preset (default: the preset's; 0 = no limit)",
+    )
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline")
     p.add_argument("--targets", action="store_true", help="check issue 13's targets on the first run")
     add_out(p)

@@ -103,6 +103,7 @@ def run_demo(workdir: Path, *, seed: int, host: str, port: int, keep_serving: bo
         batch_size=1024,
         shared_negatives=256,
         seed=seed,
+        tune=(),  # the settings search would train this run three times; `hashrec train` runs it
     )
     run_dir = train(cfg, workdir / "run", force=True)
 

@@ -195,10 +195,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "threads": args.threads,
-        "time_budget_min": args.time_budget,
         "continuous": True if args.continuous else None,
         "progress": False if args.no_progress else None,
     }
+    if args.time_budget is not None:  # 0 = no limit; not given = the preset's
+        overrides["time_budget_min"] = args.time_budget or None
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -238,7 +239,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="MINUTES",
-        help="the whole run (validation and refit included) ends within this wall time",
+        help="the whole run (validation, settings search and refit included) ends within this wall time "
+        "(default preset: 30; 0 = no limit)",
     )
     p.add_argument("--continuous", action="store_true", help="train the continuous baseline (no sign)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")

@@ -60,6 +60,46 @@ class ConfigError(DataError):
     """A training configuration value is invalid. The message starts with the field name."""
 
 
+# What the settings search may not change: the data, what the user asked for (code length, the continuous
+# baseline, the seed), the selection protocol itself (so candidates are compared on equal terms), and runtime.
+_NOT_TUNABLE = frozenset(
+    {
+        "data",
+        "preset",
+        "tune",
+        "tune_max_min",
+        "bits",
+        "continuous",
+        "seed",
+        "epochs",
+        "refit",
+        "valid_every",
+        "valid_users",
+        "select_k",
+        "select_candidates",
+        "patience",
+    }
+    | RUNTIME_FIELDS
+)
+
+
+def parse_changes(text: str, what: str) -> dict[str, Any]:
+    """``field=value[,field=value...]`` -> {field: value}; values are JSON where they parse (numbers, true,
+    lists), else strings (``ranking=margin``). Raises ConfigError naming ``what`` for a malformed item."""
+    changes: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what}: {item!r}: expected FIELD=VALUE")
+        try:
+            changes[key.strip()] = json.loads(value)
+        except ValueError:
+            changes[key.strip()] = value.strip()
+    if not changes:
+        raise ConfigError(f"{what}: {text!r}: expected FIELD=VALUE")
+    return changes
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on (the dataset config included). Defaults = the default preset.
@@ -104,8 +144,15 @@ class TrainConfig:
         patience: stop after this many validations without improvement (0 = never stop early).
         refit: once the best epoch is known, train again on train + validation for that many epochs (same
             schedule, same seed) and serve that model.
+        tune / tune_max_min: the settings search. After the run's own settings, each ``tune`` entry
+            (``field=value[,field=value]``, over the run's settings) is trained and validated the same way,
+            and the best validated candidate is refitted and served; the search runs only when the first
+            candidate took at most ``tune_max_min`` minutes and each next one fits what is left of the
+            selection's time budget (so it costs nothing on big data, where one run is all the budget holds).
+            ``tune=[]`` switches it off.
     Runtime (not part of the fingerprint):
-        time_budget_min: the whole run (selection and refit) stops within this wall time (None = no limit).
+        time_budget_min: the whole run (selection, search and refit) ends within this wall time (None = no
+            limit; the default preset's 30 minutes hold a full run on Gowalla on 2 cores).
         progress: show a tqdm progress bar on stderr.
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``; threads: torch CPU threads (0 = the
             cores this process may use, divided among the processes of a distributed run).
@@ -155,7 +202,9 @@ class TrainConfig:
     select_candidates: int = 1000
     patience: int = 0
     refit: bool = True
-    time_budget_min: float | None = None
+    tune: tuple[str, ...] = ("softmax_tau=0.1", "lr=0.003")
+    tune_max_min: float = 10.0
+    time_budget_min: float | None = 30.0
     progress: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
@@ -163,7 +212,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.data, DataConfig):
             raise ConfigError(f"data: expected a DataConfig, got {type(self.data).__name__}")
-        for name in ("user_fanouts", "item_fanouts"):
+        for name in ("user_fanouts", "item_fanouts", "tune"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self._check_choices()
         self._check_numbers()
@@ -204,6 +253,8 @@ class TrainConfig:
                 raise self._bad(name, "expected a value in [0, 1]")
         if self.score_scale is not None and not self.score_scale > 0:
             raise self._bad("score_scale", "expected a value > 0 (or None for raw inner products)")
+        if not self.tune_max_min >= 0:
+            raise self._bad("tune_max_min", "expected minutes >= 0")
         if self.time_budget_min is not None and not self.time_budget_min > 0:
             raise self._bad("time_budget_min", "expected minutes > 0 (or None for no limit)")
 
@@ -222,6 +273,26 @@ class TrainConfig:
             raise ConfigError("shared_negatives: the softmax loss needs shared negatives (> 0)")
         if self.rec_weight + self.rank_weight + self.softmax_weight == 0:
             raise ConfigError("rec_weight, rank_weight, softmax_weight: at least one loss needs a weight > 0")
+        self.candidates()  # every settings-search candidate must be a valid config too
+
+    # -- the settings search ------------------------------------------------------------------------------
+    def candidates(self) -> list[tuple[str, TrainConfig]]:
+        """The settings search's candidates, in order: ("", self) then (entry, self with the entry applied)
+        for each ``tune`` entry. Raises ConfigError naming ``tune`` and the entry for a malformed entry, a
+        field that is not tunable, or a value the field refuses."""
+        out: list[tuple[str, TrainConfig]] = [("", self)]
+        for entry in self.tune:
+            changes = parse_changes(entry, "tune")
+            fixed = sorted(set(changes) & _NOT_TUNABLE)
+            if fixed:
+                raise ConfigError(f"tune: {entry!r} sets {fixed[0]}, which the search may not change")
+            try:
+                out.append((entry, self.replace(tune=(), **changes)))
+            except ConfigError as err:
+                raise ConfigError(f"tune: {entry!r}: {err}") from err
+            except TypeError as err:  # an unknown field
+                raise ConfigError(f"tune: {entry!r}: {err}") from err
+        return out
 
     # -- presets ------------------------------------------------------------------------------------------
     @classmethod
@@ -249,6 +320,7 @@ class TrainConfig:
         d["data"] = self.data.to_json()
         d["user_fanouts"] = list(self.user_fanouts)
         d["item_fanouts"] = list(self.item_fanouts)
+        d["tune"] = list(self.tune)
         return d
 
     @classmethod
@@ -296,4 +368,6 @@ PAPER: dict[str, Any] = dict(
     valid_every=2,  # validation is ours; every 2 epochs keeps its cost small beside 20 slow epochs
     valid_users=5000,
     refit=False,  # the paper trains once, on the training split
+    tune=(),  # ... with one set of settings
+    time_budget_min=None,  # ... for its 20 epochs, however long they take
 )

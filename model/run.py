@@ -120,16 +120,19 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_metrics(run_dir: Path, phase: str, last_epoch: int) -> None:
-    """On resume: keep the records of earlier phases and this ``phase``'s up to ``last_epoch`` (the
-    checkpoint's), drop the epochs the checkpoint does not hold."""
-    order = ["select", "refit"]
-    kept = [
-        r
-        for r in read_metrics(run_dir)
-        if order.index(r.get("phase", "select")) < order.index(phase)
-        or (r.get("phase", "select") == phase and r.get("epoch", 0) <= last_epoch)
-    ]
+def truncate_metrics(run_dir: Path, phase: str, candidate: int, last_epoch: int) -> None:
+    """On resume: keep the records of earlier phases and candidates and this ``phase``'s and
+    ``candidate``'s up to ``last_epoch`` (the checkpoint's), drop the epochs the checkpoint does not hold."""
+
+    def position(phase: str, candidate: int) -> tuple[int, int]:
+        return (0, candidate) if phase == "select" else (1, 0)
+
+    here = position(phase, candidate)
+    kept = []
+    for r in read_metrics(run_dir):
+        at = position(r.get("phase", "select"), r.get("candidate", 0))
+        if at < here or (at == here and r.get("epoch", 0) <= last_epoch):
+            kept.append(r)
     write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -15,8 +15,8 @@ import torch
 from hashrec.data import DataConfig, load_dataset
 from hashrec.model.config import TrainConfig
 from hashrec.model.distributed import setup
+from hashrec.model.phase import Budget, Context, Phase, run_phase
 from hashrec.model.run import RunError
-from hashrec.model.train import Budget, Context, Phase, run_phase
 
 
 def main(mode: str, out: Path, csv: str) -> None:
@@ -27,18 +27,10 @@ def main(mode: str, out: Path, csv: str) -> None:
     )
     ds = load_dataset(cfg.data)
     # every rank starts from another initialisation: only DDP's broadcast at wrap time makes them equal
-    phase = Phase(
-        "select",
-        cfg.replace(seed=cfg.seed + dist.rank),
-        ds,
-        ds.graph("train"),
-        torch.device("cpu"),
-        dist,
-        out,
-    )
+    ctx = Context(cfg, ds, torch.device("cpu"), dist, out, Budget(math.inf))
+    phase = Phase(ctx, "select", ds.graph("train"), cfg.replace(seed=cfg.seed + dist.rank))
     if mode == "bypass":
         phase.step_module = phase.model  # the bug: losses computed around DDP, gradients never averaged
-    ctx = Context(cfg, ds, torch.device("cpu"), dist, out, Budget(math.inf))
     try:
         outcome = run_phase(ctx, phase, cfg.epochs)
         (out / f"rank{dist.rank}.txt").write_text(f"ok {outcome.epochs}\n")

@@ -45,6 +45,8 @@ def train_cmd(out: Path, csv: Path, *extra: str) -> list[str]:
         "--out",
         str(out),
         "--no-progress",
+        "--time-budget",
+        "0",
         "--epochs",
         "4",
         "--set",
@@ -53,6 +55,8 @@ def train_cmd(out: Path, csv: Path, *extra: str) -> list[str]:
         "shared_negatives=64",
         "--set",
         "select_candidates=50",
+        "--set",
+        "tune=[]",
         *extra,
     )
 
@@ -124,18 +128,18 @@ def test_replicas_stay_equal_only_through_the_ddp_forward(mode: str, csv: Path, 
 
 def test_two_processes_train_a_run_like_one(csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    r = run(train_cmd(out, csv))
+    r = run(train_cmd(out, csv, "--set", 'tune=["lr=0.02"]'))  # with the settings search
     assert r.returncode == 0, r.stderr[-3000:]
     # threads per process = cores / processes on this node, said once (rank 0 alone logs at INFO)
     cores = len(os.sched_getaffinity(0))
     assert r.stderr.count(f"{max(1, cores // 2)} thread(s) x 2 process(es)") == 1
     run_ = load_run(out)
     sel = read_selection(out)
-    assert sel is not None and sel["refit"]["done"]
-    # only rank 0 wrote: one record per epoch and phase, not two
-    phases = [(m["phase"], m["epoch"]) for m in run_.metrics]
-    assert phases == [("select", e) for e in range(1, 5)] + [
-        ("refit", e) for e in range(1, sel["best_epoch"] + 1)
+    assert sel is not None and sel["refit"]["done"] and len(sel["candidates"]) == 2
+    # only rank 0 wrote: one record per epoch, candidate and phase, not two
+    phases = [(m["phase"], m["candidate"], m["epoch"]) for m in run_.metrics]
+    assert phases == [("select", c, e) for c in (0, 1) for e in range(1, 5)] + [
+        ("refit", sel["winner"], e) for e in range(1, sel["best_epoch"] + 1)
     ]
     assert run_.user_z.shape[0] == run_.dataset.n_users
     # the run directory works with evaluate and export like any other

@@ -32,7 +32,7 @@ HASHREC = str(Path(sys.executable).with_name("hashrec"))
 def tiny(data: DataConfig, preset: str = "default", **kw: object) -> TrainConfig:
     """A config that trains in about a second on the tiny synthetic data."""
     base: dict[str, object] = dict(
-        progress=False, threads=1, valid_every=1, valid_users=0, select_candidates=50
+        progress=False, threads=1, valid_every=1, valid_users=0, select_candidates=50, tune=()
     )
     if preset == "default":
         # tau 0.1: the default's 0.05 is tuned for Gowalla's hierarchical recall and gives weak Hamming-only
@@ -71,6 +71,12 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("code_tau", {"code_tau": 0.0}),
         ("code_tau", {"code_tau": True}),
         ("bit_reg", {"bit_reg": -0.5}),
+        ("tune", {"tune": ("bits=32",)}),
+        ("tune", {"tune": ("epochs=3",)}),
+        ("tune", {"tune": ("softmax_tau=-1",)}),
+        ("tune", {"tune": ("softmax_tau",)}),
+        ("tune", {"tune": ("no_such_field=3",)}),
+        ("tune_max_min", {"tune_max_min": -1.0}),
     ],
 )
 def test_bad_config_names_the_field(field: str, kw: dict[str, object], tmp_path: Path) -> None:
@@ -199,6 +205,8 @@ def _cli(out: Path, csv: Path, *extra: str) -> list[str]:
         "--threads",
         "1",
         "--no-progress",
+        "--time-budget",
+        "0",  # no budget: a resumed run must then end exactly as an unbroken one
         "--epochs",
         "8",
         "--set",
@@ -211,13 +219,25 @@ def _cli(out: Path, csv: Path, *extra: str) -> list[str]:
         "valid_every=8",  # one validation, at the end: epoch 8 is selected, so the refit runs 8 epochs too
         "--set",
         "select_candidates=50",
+        "--set",
+        'tune=["lr=0.02"]',  # one settings-search candidate after the run's own
         *extra,
     ]
 
 
-@pytest.mark.parametrize("phase", ["select", "refit"])
-def test_resume_after_sigkill_continues_exactly(phase: str, small_csv: Path, tmp_path: Path) -> None:
-    """Killed in either phase, ``--resume`` ends exactly as an unbroken run (no time budget)."""
+def _untimed_selection(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    sel = read_selection(run_dir)
+    assert sel is not None
+    for c in sel["candidates"]:
+        del c["seconds"]
+    return sel
+
+
+@pytest.mark.parametrize(("phase", "candidate"), [("select", 0), ("select", 1), ("refit", 0)])
+def test_resume_after_sigkill_continues_exactly(
+    phase: str, candidate: int, small_csv: Path, tmp_path: Path
+) -> None:
+    """Killed in any phase or search candidate, ``--resume`` ends exactly as an unbroken run (no budget)."""
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen(_cli(killed, small_csv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -229,7 +249,8 @@ def test_resume_after_sigkill_continues_exactly(phase: str, small_csv: Path, tmp
                 if path.exists()
                 else []
             )
-            if sum(r["phase"] == phase for r in records) >= 2:
+            mine = [r for r in records if r["phase"] == phase]
+            if sum(phase == "refit" or r["candidate"] == candidate for r in mine) >= 2:
                 break
             if proc.poll() is not None:
                 pytest.fail("training finished before it could be killed: make the run longer")
@@ -243,7 +264,7 @@ def test_resume_after_sigkill_continues_exactly(phase: str, small_csv: Path, tmp
     ckpt = torch.load(killed / "last.pt", weights_only=False)
     # metrics.jsonl gets its line just before last.pt is replaced, so a kill between the two leaves the
     # checkpoint one epoch behind the metrics (resume truncates the extra line): both states are valid.
-    assert ckpt["phase"] == phase
+    assert ckpt["phase"] == phase and (phase == "refit" or ckpt["candidate"] == candidate)
     assert not (killed / "embeddings.npz").exists()
     # --resume continues from the checkpoint; without a time budget it ends exactly as an unbroken run
     p = subprocess.run(_cli(killed, small_csv, "--resume"), capture_output=True, text=True, timeout=300)
@@ -251,10 +272,10 @@ def test_resume_after_sigkill_continues_exactly(phase: str, small_csv: Path, tmp
     assert f"resumed the {ckpt['phase']} phase after epoch {ckpt['outcome']['epochs']}" in p.stderr
     subprocess.run(_cli(clean, small_csv), check=True, capture_output=True, timeout=300)
     a, b = load_run(killed), load_run(clean)
-    assert [r["phase"] for r in a.metrics].count("select") == 8
+    assert [(r["phase"], r["candidate"]) for r in a.metrics].count(("select", 1)) == 8
     assert _strip_times(a.metrics) == _strip_times(b.metrics)
     assert np.array_equal(a.item_z, b.item_z) and np.array_equal(a.user_vectors, b.user_vectors)
-    assert read_selection(killed) == read_selection(clean)
+    assert _untimed_selection(killed) == _untimed_selection(clean)
     out = json.loads(p.stdout)
     assert out["run_dir"] == str(killed)
 
@@ -293,3 +314,64 @@ def test_early_stopping_waits_for_pure_codes(small_csv: Path, tmp_path: Path) ->
     assert recs[-1]["code_prob"] == 1.0
     first_pure = next(r["epoch"] for r in recs if r["code_prob"] == 1.0)
     assert all(r["code_prob"] < 1.0 for r in recs if r["epoch"] < first_pure)
+
+
+# -- the settings search ---------------------------------------------------------------------------------
+
+
+def test_settings_search_serves_the_validation_winner_with_its_settings(
+    small_csv: Path, tmp_path: Path
+) -> None:
+    # the run's own settings barely train (lr 1e-5); the candidate trains properly and has another re-rank
+    # width, so serving it with the run's own settings would fail to load (or give 64-wide vectors)
+    cfg = tiny(DataConfig(path=str(small_csv)), epochs=3, lr=1e-5, tune=("lr=0.01,rerank_dim=32",))
+    out = train(cfg, tmp_path / "run")
+    sel = read_selection(out)
+    assert sel is not None and sel["search"] == "all 2 candidate(s) trained"
+    first, second = sel["candidates"]
+    assert first["tune"] == "" and second["tune"] == "lr=0.01,rerank_dim=32"
+    assert second["best_value"] > first["best_value"] and sel["winner"] == 1
+    assert sel["tune"] == second["tune"] and sel["best_epoch"] == second["best_epoch"]
+    assert sel["refit"]["done"] and sel["refit"]["epochs"] == second["best_epoch"]
+    best = torch.load(out / "best.pt", weights_only=False)
+    refit = torch.load(out / "refit.pt", weights_only=False)
+    assert (best["candidate"], best["epoch"]) == (1, second["best_epoch"]) and refit["candidate"] == 1
+    run = load_run(out)
+    assert run.user_vectors is not None and run.item_vectors is not None
+    assert run.item_vectors.shape[1] == 32 and run.user_vectors.shape[1] == 32
+    assert run.config == cfg  # the run's config is kept as asked; selection.json says what won
+    records = [(r["phase"], r["candidate"], r["epoch"]) for r in run.metrics]
+    assert records == [("select", c, e) for c in (0, 1) for e in (1, 2, 3)] + [
+        ("refit", 1, e) for e in range(1, second["best_epoch"] + 1)
+    ]
+
+
+def test_settings_search_keeps_the_first_when_no_candidate_beats_it(small_csv: Path, tmp_path: Path) -> None:
+    cfg = tiny(DataConfig(path=str(small_csv)), epochs=2, tune=("lr=1e-6",))
+    out = train(cfg, tmp_path / "run")
+    sel = read_selection(out)
+    assert sel is not None and sel["winner"] == 0 and len(sel["candidates"]) == 2
+    assert sel["candidates"][0]["best_value"] > sel["candidates"][1]["best_value"]
+    assert torch.load(out / "best.pt", weights_only=False)["candidate"] == 0  # never replaced by a loser
+
+
+def test_settings_search_is_skipped_when_one_candidate_takes_too_long(
+    small_csv: Path, tmp_path: Path
+) -> None:
+    cfg = tiny(DataConfig(path=str(small_csv)), epochs=1, tune=("lr=0.02",), tune_max_min=0.0)
+    sel = read_selection(train(cfg, tmp_path / "run"))
+    assert sel is not None and len(sel["candidates"]) == 1
+    assert sel["search"].startswith("one candidate took") and "tune_max_min" in sel["search"]
+
+
+def test_time_budget_plans_the_schedule_and_is_never_overrun(small_csv: Path, tmp_path: Path) -> None:
+    budget_s = 12.0
+    cfg = tiny(DataConfig(path=str(small_csv)), epochs=500, time_budget_min=budget_s / 60)
+    out = train(cfg, tmp_path / "run")
+    run, sel = load_run(out), read_selection(out)
+    assert sel is not None and sel["stopped"].startswith("time budget")
+    select = [r for r in run.metrics if r["phase"] == "select"]
+    # the plan shrank to what the time holds, so the schedule ran to its end instead of being cut off
+    assert select[-1]["planned_epochs"] < 500 and select[-1]["epoch"] <= select[-1]["planned_epochs"]
+    assert sel["progress_at_epoch"][-1] > 0.5
+    assert run.metrics[-1]["elapsed_s"] <= budget_s  # selection, validation and refit all inside it
