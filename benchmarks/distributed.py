@@ -165,6 +165,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """The default preset with 1 process and with 2 (torchrun): wall time and test figures. A run that
     finished before (its ``wall.json`` written) is reused, so a killed benchmark continues where it was."""
     out = []
+    args.work.mkdir(parents=True, exist_ok=True)
     for world in (1, 2):
         run = args.work / f"p{world}"
         done = run / "wall.json"
