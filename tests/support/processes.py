@@ -60,7 +60,9 @@ class ServerProcess:
         compute_threads: int = 2,
         access_log: bool = True,
         workers: int = 1,
+        command: list[str] | None = None,
     ) -> None:
+        self.command = command or [HASHREC, "serve"]  # another checkout's ``hashrec serve`` (before/after)
         self.bundles = Path(bundles)
         self.workers = workers
         self.port = free_port()
@@ -94,9 +96,7 @@ class ServerProcess:
         """Start and wait until ``/readyz`` answers 200; raises RuntimeError with the log tail otherwise."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (lives as long as the process)
-        self.proc = subprocess.Popen(
-            [HASHREC, "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
