@@ -1,0 +1,807 @@
+"""Does the service meet issue 15's serving targets on this machine? Overload, rolling out a new bundle,
+exports beside online traffic, a cold Redis cache, and what a second worker buys.
+
+    .venv/bin/python benchmarks/serving_limits.py                          # all scenarios: ~10 min (+ slow exports)
+    .venv/bin/python benchmarks/serving_limits.py --only overload,rollout  # some of them
+    .venv/bin/python benchmarks/serving_limits.py --quick                  # seconds each: a smoke run
+    .venv/bin/python benchmarks/serving_limits.py --out /tmp/serving_limits.json
+
+What runs: real ``hashrec serve`` processes (``support.ServerProcess``, access log on, as deployed) on a
+Gowalla-shaped bundle (Gowalla's ids and known interactions, random 64-bit codes: serving cost depends on
+the shapes, not the values; ``service.gowalla_bundle``), loaded by ``wrk`` (closed loop: capacity, floors)
+or by the end-to-end load generator (``tests/e2e/loadgen.py``: open loop, every answer checked, latency
+measured from the time a request was *scheduled*, so a stall counts against every request it delays).
+Servers are uncached (``HASHREC_CACHE=none``) unless a scenario is about the cache, with 2 workers (the
+default on a 2-core machine), ``GET /recommend/<user>?k=20&candidates=500`` over every user at random.
+
+Capacity is measured once (closed-loop wrk, 30 s, on a 2-worker uncached server) and the open-loop rates
+are fractions of it. Each scenario returns its figures and rows (target, measured, met):
+
+- ``overload``: 2x capacity open loop for 60 s (256 connections, more than the 2 x 64 requests the workers
+  admit, so the shedding, not the client, decides); responses by status, non-503 errors (target 0), p99 of
+  the accepted answers (<= 50 ms), p99 of the 503s (fast: <= 10 ms), server RSS before/after (flat:
+  <= 10% growth); then at once 10 s at 50% of capacity: p99 (<= 50 ms) and no error of any kind. The
+  offered rate the client achieved and its lag are reported: the client shares the cores with the server.
+- ``rollout``: two replicas (separate ``hashrec serve`` processes, 1 worker each by default) following
+  one bundles directory, each loaded at 25% of capacity; a new version is published (moved into the
+  directory, then ``current`` repointed by ``hashrec.index.publish``) in the middle. Every answer must be
+  exactly its version's answer (items compared with the Retriever's, old or new version: a mixed-version
+  answer fails) and none may fail; target: the last old-version answer arrives within the poll interval
+  + 1 s of the publish.
+- ``export``: p99 of ``GET /recommend`` at 30% of capacity for 20 s, then at the same rate while two full
+  exports (``POST /candidates/export``, every user, C = 500) stream concurrently (the load runs in 10 s
+  segments until both end; the window is export start to last end): the ratio (target <= 2x); the export
+  throughput; both streams complete (end line counting the rows received, one row per user).
+- ``cold_cache``: Redis configured (a private ``redis-server``, default near cache): wrk walks the users in
+  order, each run from its own offset and with its own C (500 + run), so no cache key repeats: every
+  request is a miss (Redis's own hit/miss counters prove it). Throughput against the same server's
+  ``GET /livez`` (the floor), floor and target alternating, medians of pairs; target >= 0.5.
+- ``workers``: ``service.compare_workers`` (1 and 2 worker uncached servers up together, measured in
+  turns): 2 vs 1 throughput, target >= 1.4x, and server CPU per request.
+
+Fairness: load generators run in their own processes on the same cores as the servers; wrk (C) for
+throughput, the Python load generator only where answers must be checked or the loop must be open. The
+log of every server this script starts (not those of ``compare_workers``) is searched for 5xx answers
+other than 503, unhandled errors and ERROR lines. ``--quick`` shortens every
+run to a few seconds and exports 1,500 users: it proves the script works, its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import logging
+import re
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+from e2e.loadgen import LoadResult, LoadSpec, Target, recommend_targets, start_load
+from support import ServerProcess, expected_answers, make_bundle
+
+import service as bench  # benchmarks/service.py (this folder is sys.path[0]), not the product's package
+
+log = logging.getLogger("benchmarks.serving_limits")
+
+SCENARIOS = ("overload", "rollout", "export", "cold_cache", "workers")
+LEAD_S = 3.0  # a load process is spawned this long before its start (spawn and imports take ~1 s)
+P99_TARGET_MS = 50.0
+FAST_503_MS = 10.0
+RSS_GROWTH_MAX = 0.10
+
+Row = tuple[str, str, bool | None]  # (target, measured, met); met None: reported, no target
+
+
+@dataclass(frozen=True)
+class Durations:
+    """Seconds of every run (the full run; ``QUICK`` for a smoke run)."""
+
+    capacity_s: float = 30.0
+    overload_s: float = 60.0
+    recovery_s: float = 10.0
+    rollout_before_s: float = 10.0
+    rollout_after_s: float = 20.0
+    export_idle_s: float = 20.0
+    segment_s: float = 10.0
+    wrk_s: float = 10.0
+    repeats: int = 3
+    export_users: int | None = None  # None: every user
+
+
+QUICK = Durations(
+    capacity_s=3.0,
+    overload_s=5.0,
+    recovery_s=3.0,
+    rollout_before_s=3.0,
+    rollout_after_s=8.0,
+    export_idle_s=3.0,
+    segment_s=3.0,
+    wrk_s=2.0,
+    repeats=1,
+    export_users=1500,
+)
+
+
+@dataclass
+class Bench:
+    """What the scenarios share: settings, the bundle, the users and the capacity once measured."""
+
+    args: argparse.Namespace
+    d: Durations
+    work: Path
+    bundles: Path
+    users: list[str]
+    users_file: Path
+    capacity_run: dict[str, Any] | None = None
+    logs: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def query(self) -> str:
+        return f"?k={self.args.k}&candidates={self.args.candidates}"
+
+    def targets(self, seed: int = 0) -> list[Target]:
+        """``GET /recommend/<user>`` over every user, shuffled."""
+        return recommend_targets(self.users, self.args.k, self.args.candidates, seed=seed)
+
+    def capacity(self, srv: ServerProcess | None = None) -> float:
+        """Closed-loop uncached req/s of a 2-worker server (``srv``, or one started for it), measured once."""
+        if self.capacity_run is None:
+            with contextlib.ExitStack() as stack:
+                if srv is None:
+                    srv = stack.enter_context(self.server("capacity", 2, HASHREC_CACHE="none"))
+                lua = bench.recommend_script(
+                    self.work, "capacity", self.users_file, self.query, in_turn=False
+                )
+                log.info(
+                    "capacity: closed-loop wrk, %d connections, %.0f s",
+                    self.args.connections,
+                    self.d.capacity_s,
+                )
+                self.capacity_run = bench.wrk(srv, lua, self.d.capacity_s, self.args.connections)
+                log.info("capacity: %.0f req/s", self.capacity_run["rps"])
+        return float(self.capacity_run["rps"])
+
+    @contextlib.contextmanager
+    def server(
+        self, name: str, workers: int, bundles: Path | None = None, **env: str
+    ) -> Iterator[ServerProcess]:
+        """``service.serving``, and the server's log searched for errors when it stops."""
+        with bench.serving(bundles or self.bundles, self.work, name, workers, **env) as srv:
+            try:
+                yield srv
+            finally:
+                self.logs[name] = log_errors(srv.log_text())
+
+
+def log_errors(text: str) -> dict[str, int]:
+    """Access-log 5xx answers other than 503, unhandled errors / tracebacks and ERROR lines in a server log."""
+    statuses = Counter(m.group(1) for m in re.finditer(r'"status":\s*(5\d\d)', text))
+    return {
+        "5xx_not_503": sum(n for s, n in statuses.items() if s != "503"),
+        "unhandled": text.count("unhandled error") + text.count("Traceback"),
+        "error_lines": len(re.findall(r'"level":\s*"(?:ERROR|CRITICAL)"', text)),
+    }
+
+
+# -- open-loop load and its statistics ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sample_rss(srv: ServerProcess, every_s: float = 1.0) -> Iterator[list[tuple[float, int]]]:
+    """(time, server RSS) every ``every_s`` seconds while the block runs."""
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_s):
+            samples.append((time.time(), srv.rss()))
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        th.join()
+
+
+def open_loop(
+    port: int,
+    targets: list[Target],
+    rate: float,
+    seconds: float,
+    connections: int,
+    start_at: float,
+    **kw: Any,
+) -> Any:
+    """Start the e2e load generator (its own process) at ``rate`` req/s from ``start_at``; a handle."""
+    spec = LoadSpec(
+        port=port,
+        targets=targets,
+        duration_s=seconds,
+        rate=rate,
+        connections=connections,
+        start_at=start_at,
+        **kw,
+    )
+    return start_load(spec)
+
+
+def merge(results: list[LoadResult]) -> LoadResult:
+    """One LoadResult of several (consecutive load segments)."""
+    out = LoadResult(t0=min(r.t0 for r in results))
+    for r in results:
+        for name in ("t", "sent", "latency", "status", "error", "version", "source"):
+            getattr(out, name).extend(getattr(r, name))
+    return out
+
+
+def load_while(
+    port: int,
+    targets: list[Target],
+    rate: float,
+    connections: int,
+    busy: Callable[[], bool],
+    segment_s: float,
+) -> LoadResult:
+    """Open-loop load in back-to-back segments (each spawned ahead of its start) until ``busy()`` is False
+    at the end of a segment; at most two load processes alive at once."""
+    t_end = time.time() + LEAD_S
+    handle = None
+    results: list[LoadResult] = []
+    while True:
+        nxt = open_loop(port, targets, rate, segment_s, connections, start_at=t_end)
+        t_end += segment_s
+        if handle is not None:
+            results.append(handle.result())
+        handle = nxt
+        sleep_until(t_end - LEAD_S)
+        if not busy():
+            break
+    results.append(handle.result())
+    return merge(results)
+
+
+def sleep_until(t: float) -> None:
+    """Sleep until wall-clock time ``t`` (``time.time()``)."""
+    time.sleep(max(0.0, t - time.time()))
+
+
+def pct(values: list[float], q: float = 99) -> float | None:
+    """The ``q``th percentile (ms when given ms), None when empty."""
+    if not values:
+        return None
+    import numpy as np
+
+    return round(float(np.percentile(values, q)), 2)
+
+
+def summarise(res: LoadResult, t_from: float, t_to: float) -> dict[str, Any]:
+    """Requests scheduled in ``[t_from, t_to)``: counts by status, failures (any error), non-503 errors,
+    p99 (ms, from the scheduled time and from the actual send) of the 200s and of the 503s, the offered
+    and the achieved send rate, the client's lag."""
+    sel = [i for i, t in enumerate(res.t) if t_from <= t < t_to]
+    span = max(1e-9, t_to - t_from)
+
+    def lat(status: int, from_send: bool = False) -> list[float]:
+        return [
+            1e3 * (res.latency[i] - ((res.sent[i] - res.t[i]) if from_send else 0.0))
+            for i in sel
+            if res.status[i] == status and (status != 200 or not res.error[i])
+        ]
+
+    non503 = Counter(res.error[i] for i in sel if res.error[i] and res.status[i] != 503)
+    sent = sorted(res.sent[i] for i in sel)
+    return {
+        "requests": len(sel),
+        "by_status": dict(Counter(str(res.status[i] or "no answer") for i in sel)),
+        "failures": sum(1 for i in sel if res.error[i]),
+        "non_503_errors": sum(non503.values()),
+        "non_503_examples": dict(non503.most_common(3)),
+        "p50_ms": pct(lat(200), 50),
+        "p99_ms": pct(lat(200)),
+        "p99_from_send_ms": pct(lat(200, from_send=True)),
+        "p99_503_ms": pct(lat(503)),
+        "p99_503_from_send_ms": pct(lat(503, from_send=True)),
+        "offered_rps": round(len(sel) / span, 1),
+        "sent_rps": round(len(sent) / max(1e-9, sent[-1] - sent[0]), 1) if len(sent) > 1 else None,
+        "client_lag_p99_ms": pct([1e3 * (res.sent[i] - res.t[i]) for i in sel]),
+    }
+
+
+def ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} ms"
+
+
+def at_most(v: float | None, limit: float) -> bool:
+    return v is not None and v <= limit
+
+
+# -- scenarios --------------------------------------------------------------------------------------------
+
+
+def overload(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """2x capacity open loop, then 50% at once: shedding is clean, fast and costs no memory."""
+    with b.server("overload", 2, HASHREC_CACHE="none") as srv:
+        cap = b.capacity(srv)
+        rss0 = srv.rss()
+        t0 = time.time() + LEAD_S
+        t1 = t0 + b.d.overload_s
+        log.info(
+            "overload: %.0f req/s (2x capacity) for %.0f s, then %.0f req/s", 2 * cap, b.d.overload_s, cap / 2
+        )
+        over = open_loop(srv.port, b.targets(1), 2 * cap, b.d.overload_s, b.args.overload_connections, t0)
+        rec = open_loop(srv.port, b.targets(2), cap / 2, b.d.recovery_s, 64, t1)
+        with sample_rss(srv) as samples:
+            over_res, rec_res = over.result(), rec.result()
+        rss1 = srv.rss()
+    o, r = summarise(over_res, t0, t1), summarise(rec_res, t1, t1 + b.d.recovery_s)
+    growth = (rss1 - rss0) / rss0 if rss0 else None
+    # a one-time high-water mark (buffers of the first burst) or a climb? RSS a quarter in vs at the end
+    quarter = [m for t, m in samples if t >= t0 + b.d.overload_s / 4]
+    drift = (quarter[-1] - quarter[0]) / quarter[0] if len(quarter) > 1 and quarter[0] else None
+    out = {"capacity_rps": cap, "rate": 2 * cap, "overload": o, "recovery": r}
+    out.update(rss_before=rss0, rss_after=rss1, rss_growth=growth, rss_drift=drift, rss_samples=samples)
+    rows: list[Row] = [
+        (
+            "responses by status at 2x capacity",
+            ", ".join(f"{k}: {v:,}" for k, v in sorted(o["by_status"].items())),
+            None,
+        ),
+        (
+            "non-503 errors at 2x capacity: 0",
+            f"{o['non_503_errors']} of {o['requests']:,}",
+            o["non_503_errors"] == 0,
+        ),
+        (
+            f"p99 of accepted (200) <= {P99_TARGET_MS:.0f} ms",
+            f"{ms(o['p99_ms'])} (from send {ms(o['p99_from_send_ms'])})",
+            at_most(o["p99_ms"], P99_TARGET_MS),
+        ),
+        (
+            f"p99 of the 503s <= {FAST_503_MS:.0f} ms",
+            f"{ms(o['p99_503_ms'])} (from send {ms(o['p99_503_from_send_ms'])})",
+            at_most(o["p99_503_ms"], FAST_503_MS),
+        ),
+        (
+            "load generator: offered / sent rate, its lag p99",
+            f"{o['offered_rps']:.0f} / {o['sent_rps'] or 0:.0f} req/s, {ms(o['client_lag_p99_ms'])}",
+            None,
+        ),
+        (
+            f"server RSS flat (growth <= {RSS_GROWTH_MAX:.0%})",
+            f"{rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB ({growth:+.1%})" if growth is not None else "-",
+            growth is not None and growth <= RSS_GROWTH_MAX,
+        ),
+        (
+            "server RSS from a quarter into the overload to its end",
+            "-" if drift is None else f"{drift:+.1%}",
+            None,
+        ),
+        (
+            f"recovery at 50%: p99 <= {P99_TARGET_MS:.0f} ms",
+            ms(r["p99_ms"]),
+            at_most(r["p99_ms"], P99_TARGET_MS),
+        ),
+        (
+            "recovery at 50%: no error (503 included)",
+            f"{r['failures']} of {r['requests']:,}",
+            r["failures"] == 0,
+        ),
+    ]
+    return out, rows
+
+
+def _stage_new_version(b: Bench, old_dir: Path) -> tuple[Path, Path]:
+    """A rollout bundles dir serving a copy of ``old_dir``, and a new version built beside it (not yet in)."""
+    from hashrec.data import load_dataset
+    from hashrec.index.publish import publish
+
+    bundles = b.work / "rollout-bundles"
+    bundles.mkdir()
+    shutil.copytree(old_dir, bundles / old_dir.name)
+    publish(bundles, old_dir.name)
+    log.info("rollout: building the new version (another random model, same Gowalla shape)")
+    new_dir = make_bundle(b.work / "rollout-staging", load_dataset(b.args.gowalla), seed=1, bits=64)
+    return bundles, new_dir
+
+
+def _switch(res: LoadResult, old: str, new: str, t_pub: float) -> dict[str, Any]:
+    """One replica's switch: its last old-version answer and first new one (s after the publish, answer
+    arrival), old answers that arrived after the first new one (workers switch one by one)."""
+    done = [t + lat for t, lat in zip(res.t, res.latency, strict=True)]
+    olds = [d for d, v in zip(done, res.version, strict=True) if v == old]
+    news = [d for d, v in zip(done, res.version, strict=True) if v == new]
+    first_new = min(news) if news else None
+    return {
+        "last_old_s": round(max(olds) - t_pub, 3) if olds else None,
+        "first_new_s": round(first_new - t_pub, 3) if first_new is not None else None,
+        "old_after_first_new": sum(1 for d in olds if first_new is not None and d > first_new),
+        "answers": dict(Counter(v or "none" for v in res.version)),
+        "failures": sum(1 for e in res.error if e),
+        "errors": dict(Counter(e for e in res.error if e).most_common(3)),
+        "last_answers_new": bool(news)
+        and all(v == new for d, v in sorted(zip(done, res.version, strict=True))[-20:]),
+    }
+
+
+def _switch_log(text: str, new: str, t_pub: float) -> list[str]:
+    """The server log's lines about ``new`` (loaded in how long, now serving), seconds after the publish:
+    where the switch time went (the wait for the poll, the verify child process, the load)."""
+    import datetime as dt
+
+    out = []
+    for line in text.splitlines():
+        if new in line and line.startswith("{"):
+            with contextlib.suppress(ValueError, KeyError):
+                doc = json.loads(line)
+                t = dt.datetime.fromisoformat(doc["ts"]).timestamp() - t_pub
+                msg = re.sub(r" from \S+| \(was \S+\)", "", doc["msg"]).replace(new, "new")
+                out.append(f"+{t:.2f} s {msg}")
+    return out
+
+
+def rollout(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """Two replicas under open-loop load while a new version is published: nothing fails, nothing mixes,
+    the old version stops within a poll interval + 1 s."""
+    cap = b.capacity()
+    old_dir = (b.bundles / "current").resolve()
+    bundles, new_dir = _stage_new_version(b, old_dir)
+    old, new = old_dir.name, new_dir.name
+    sample = b.users[:: max(1, len(b.users) // b.args.rollout_users)][: b.args.rollout_users]
+    expected = {
+        **expected_answers(bundles, [old], sample, b.args.k, b.args.candidates),
+        **expected_answers(new_dir.parent, [new], sample, b.args.k, b.args.candidates),
+    }
+    targets = recommend_targets(sample, b.args.k, b.args.candidates, seed=3)
+    poll = b.args.poll_s
+    env = {"HASHREC_CACHE": "none", "HASHREC_BUNDLE_POLL_S": str(poll)}
+    n, seconds = b.args.rollout_workers, b.d.rollout_before_s + b.d.rollout_after_s
+    with b.server("replica-a", n, bundles, **env) as ra, b.server("replica-b", n, bundles, **env) as rb:
+        t0 = time.time() + LEAD_S
+        log.info(
+            "rollout: 2 replicas x %d worker(s), %.0f req/s each, publish after %.0f s",
+            n,
+            cap / 4,
+            b.d.rollout_before_s,
+        )
+        handles = [open_loop(s.port, targets, cap / 4, seconds, 32, t0, expected=expected) for s in (ra, rb)]
+        sleep_until(t0 + b.d.rollout_before_s)
+        from hashrec.index.publish import publish
+
+        shutil.move(str(new_dir), str(bundles / new))  # same file system: a rename
+        t_pub = time.time()
+        publish(bundles, new)
+        log.info("rollout: published %s", new)
+        results = [h.result() for h in handles]
+        logs = [_switch_log(s.log_text(), new, t_pub) for s in (ra, rb)]
+    per = {
+        name: {**_switch(r, old, new, t_pub), "log": lines}
+        for name, r, lines in zip(("a", "b"), results, logs, strict=True)
+    }
+    lasts = [p["last_old_s"] for p in per.values()]
+    switched = all(p["first_new_s"] is not None and p["last_answers_new"] for p in per.values())
+    last_old = max(v for v in lasts if v is not None) if any(v is not None for v in lasts) else None
+    failures = sum(p["failures"] for p in per.values())
+    versions = {v for p in per.values() for v in p["answers"] if v != "none"}
+    out = {"capacity_rps": cap, "rate_per_replica": cap / 4, "poll_s": poll, "old": old, "new": new}
+    out.update(replicas=per, last_old_s=last_old, failures=failures, requests=sum(len(r) for r in results))
+    rows: list[Row] = [
+        (
+            "0 failed requests (every answer exactly its version's)",
+            f"{failures} of {out['requests']:,}",
+            failures == 0,
+        ),
+        (
+            "every answer names the old or the new version",
+            ", ".join(sorted(versions)) or "-",
+            versions <= {old, new},
+        ),
+        ("both replicas switched, the last answers all new", "yes" if switched else "no", switched),
+        (
+            "the switch in the replicas' logs (after the publish)",
+            "; ".join(f"{n}: {', '.join(p['log']) or '-'}" for n, p in per.items()),
+            None,
+        ),
+        (
+            f"publish -> last old-version answer <= poll + 1 s = {poll + 1:.1f} s",
+            "-" if last_old is None else f"{last_old:.2f} s (a: {lasts[0]}, b: {lasts[1]})",
+            switched and last_old is not None and last_old <= poll + 1,
+        ),
+    ]
+    return out, rows
+
+
+def read_export(url: str, users: list[str] | None, candidates: int, out: dict[str, Any]) -> None:
+    """Stream one export and discard it; ``out``: rows received, the end line, seconds, error ("" = ok)."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"users": users, "candidates": candidates}).encode()
+    t0, rows, tail, err, end = time.time(), 0, b"", "", None
+    try:
+        conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        conn.request("POST", "/candidates/export", body, {"content-type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"http {resp.status}: {resp.read()[:200]!r}")
+        out["total"] = int(resp.headers.get("x-total-users", -1))
+        while chunk := resp.read(1 << 20):
+            rows += chunk.count(b"\n")
+            tail = (tail + chunk)[-4096:]
+        conn.close()
+        end = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        rows -= 1  # the end line
+        if not end.get("end") or end.get("rows") != rows or rows != out["total"]:
+            err = f"incomplete: {rows} rows, {out['total']} users, end line {end}"
+    except Exception as exc:  # recorded, reported as a failed export
+        err = f"{type(exc).__name__}: {exc}"
+    out.update(rows=rows, end=end, seconds=time.time() - t0, error=err)
+
+
+def export(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """Online p99 at 30% of capacity, idle and while two full exports stream."""
+    cap = b.capacity()
+    rate = b.args.export_load * cap
+    users = None if b.d.export_users is None else b.users[: b.d.export_users]
+    with b.server("export", 2, HASHREC_CACHE="none") as srv:
+        t0 = time.time() + LEAD_S
+        log.info("export: %.0f req/s for %.0f s, idle", rate, b.d.export_idle_s)
+        idle_res = open_loop(srv.port, b.targets(4), rate, b.d.export_idle_s, 32, t0).result()
+        idle = summarise(idle_res, t0, t0 + b.d.export_idle_s)
+        streams: list[dict[str, Any]] = [{}, {}]
+        threads = [
+            threading.Thread(
+                target=read_export, args=(srv.url, users, b.args.export_candidates, s), daemon=True
+            )
+            for s in streams
+        ]
+        box: dict[str, float] = {}
+
+        def start_exports() -> None:
+            box["start"] = time.time()
+            for th in threads:
+                th.start()
+
+        # the exports start 1 s into the load (its first segment starts LEAD_S from now)
+        timer = threading.Timer(LEAD_S + 1.0, start_exports)
+        timer.start()
+        log.info(
+            "export: the same rate while 2 exports of %s users stream", "all" if users is None else len(users)
+        )
+        res = load_while(
+            srv.port,
+            b.targets(5),
+            rate,
+            32,
+            lambda: timer.is_alive() or any(t.is_alive() for t in threads),
+            b.d.segment_s,
+        )
+        for th in threads:
+            th.join()
+    start = box["start"]
+    end = max(start + s["seconds"] for s in streams)
+    during = summarise(res, start, end)
+    ratio = during["p99_ms"] / idle["p99_ms"] if during["p99_ms"] and idle["p99_ms"] else None
+    rows_total = sum(s.get("rows", 0) for s in streams)
+    ok = all(not s["error"] for s in streams)
+    out = {
+        "capacity_rps": cap,
+        "rate": rate,
+        "idle": idle,
+        "during": during,
+        "p99_ratio": ratio,
+        "exports": streams,
+    }
+    out["export_users_per_s"] = rows_total / (end - start)
+    rows: list[Row] = [
+        ("online p99 idle / during 2 exports", f"{ms(idle['p99_ms'])} / {ms(during['p99_ms'])}", None),
+        (
+            "online p99 during exports <= 2x idle",
+            "-" if ratio is None else f"{ratio:.2f}x",
+            ratio is not None and ratio <= 2.0,
+        ),
+        (
+            "online requests failed: 0 (idle + during)",
+            f"{idle['failures'] + during['failures']}",
+            idle["failures"] + during["failures"] == 0,
+        ),
+        (
+            "both exports complete (end line, one row per user)",
+            "; ".join(s["error"] or f"{s['rows']:,} rows in {s['seconds']:.1f} s" for s in streams),
+            ok,
+        ),
+        ("export throughput (both streams)", f"{out['export_users_per_s']:,.0f} users/s", None),
+    ]
+    return out, rows
+
+
+def _cold_script(b: Bench, run: int, offset: int, candidates: int) -> Path:
+    """wrk Lua: ``GET /recommend`` over the users in order from ``offset`` (1 thread: no repeats until the
+    list wraps)."""
+    body = f"""
+local users = {{}}
+for line in io.lines("{b.users_file}") do users[#users + 1] = line end
+local counter = {offset}
+function request()
+  counter = counter + 1
+  return wrk.format("GET", "/recommend/" .. users[(counter - 1) % #users + 1] .. "?k={b.args.k}&candidates={candidates}")
+end
+"""
+    return bench.script(b.work, f"cold{run}", body)
+
+
+def _redis_hits(url: str) -> tuple[int, int]:
+    """Redis's keyspace hits and misses so far."""
+    import redis as redis_client
+
+    info = redis_client.Redis.from_url(url).info("stats")
+    return int(info["keyspace_hits"]), int(info["keyspace_misses"])
+
+
+def cold_cache(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """Every request a Redis miss: throughput against the same server's floor."""
+    floor = bench.script(b.work, "floor", "")
+    floors, targets, hits, misses = [], [], 0, 0
+    with (
+        bench.redis(b.work, "cold-redis") as rds,
+        b.server("cold_cache", 2, HASHREC_REDIS_URL=rds.url) as srv,
+    ):
+        for run in range(b.d.repeats):
+            log.info("cold cache: round %d/%d, floor then cold /recommend", run + 1, b.d.repeats)
+            floors.append(bench.wrk(srv, floor, b.d.wrk_s, b.args.connections, "/livez"))
+            lua = _cold_script(b, run, run * len(b.users) // b.d.repeats, b.args.candidates + run)
+            h0, m0 = _redis_hits(rds.url)
+            targets.append(bench.wrk(srv, lua, b.d.wrk_s, b.args.connections))
+            h1, m1 = _redis_hits(rds.url)
+            hits, misses = hits + h1 - h0, misses + m1 - m0
+    pairs = list(zip(floors, targets, strict=True))
+    ratio = statistics.median(t["rps"] / f["rps"] for f, t in pairs)
+    served = sum(t["requests"] for t in targets)
+    out = {"floor": bench.median_row(floors), "recommend": bench.median_row(targets), "ratio": ratio}
+    out.update(redis_hits=hits, redis_misses=misses, requests=served)
+    rows: list[Row] = [
+        (
+            "every request a miss (Redis hits 0, misses >= requests)",
+            f"{hits} hits, {misses:,} misses, {served:,} requests",
+            hits == 0 and misses >= served,
+        ),
+        (
+            "cold /recommend req/s >= 0.5 x floor (`GET /livez`)",
+            f"{out['recommend']['rps']:.0f} / {out['floor']['rps']:.0f} = {ratio:.2f}",
+            ratio >= 0.5,
+        ),
+        ("cold /recommend p99", ms(out["recommend"]["p99_ms"]), None),
+    ]
+    return out, rows
+
+
+def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """``service.compare_workers`` with 1 and 2 workers (uncached, measured in turns)."""
+    ns = argparse.Namespace(
+        compare_workers=[1, 2],
+        repeats=b.d.repeats,
+        seconds=b.d.wrk_s,
+        connections=b.args.connections,
+        k=b.args.k,
+        candidates=b.args.candidates,
+    )
+    res = bench.compare_workers(ns, b.bundles, b.work, b.users_file)
+    ratio = res["2"]["rps_ratio_vs_first"]
+    cpu = [res[n]["recommend"]["cpu_us_per_request"] for n in ("1", "2")]
+    rows: list[Row] = [
+        (
+            "2 vs 1 workers uncached req/s >= 1.4x",
+            f"{res['2']['recommend']['rps']:.0f} / {res['1']['recommend']['rps']:.0f} = {ratio:.2f}x",
+            ratio >= 1.4,
+        ),
+        (
+            "server CPU per request, 1 / 2 workers",
+            " / ".join("-" if c is None else f"{c:.0f} us" for c in cpu),
+            None,
+        ),
+    ]
+    return res, rows
+
+
+RUNS: dict[str, Callable[[Bench], tuple[dict[str, Any], list[Row]]]] = {
+    "overload": overload,
+    "rollout": rollout,
+    "export": export,
+    "cold_cache": cold_cache,
+    "workers": workers,
+}
+
+
+def table(rows: dict[str, list[Row]], logs: dict[str, dict[str, int]]) -> str:
+    """One line per target: scenario, target, measured, met; then the server logs' errors."""
+    met = {True: "yes", False: "**no**", None: "-"}
+    lines = [[name, t, m, met[ok]] for name, rs in rows.items() for t, m, ok in rs]
+    bad = {n: e for n, e in logs.items() if any(e.values())}
+    lines.append(
+        [
+            "all",
+            "server logs: no 5xx but 503, no unhandled error, no ERROR line",
+            "none" if not bad else "; ".join(f"{n}: {e}" for n, e in bad.items()),
+            met[not bad],
+        ]
+    )
+    return common.md_table(["scenario", "target", "measured", "met"], lines)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios (default: all of {', '.join(SCENARIOS)})",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a few seconds per run: a smoke run, not a measurement"
+    )
+    p.add_argument("--gowalla", type=Path, default=bench.GOWALLA, help="Gowalla folder for the bundle")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--connections", type=int, default=16, help="wrk connections, closed loop (default 16)")
+    p.add_argument("--overload-connections", type=int, default=256, help="load generator connections at 2x")
+    p.add_argument("--rollout-workers", type=int, default=1, help="workers per replica (default 1)")
+    p.add_argument("--rollout-users", type=int, default=2000, help="users asked (answers checked exactly)")
+    p.add_argument(
+        "--poll-s", type=float, default=2.0, help="HASHREC_BUNDLE_POLL_S of the replicas (default 2)"
+    )
+    p.add_argument("--export-load", type=float, default=0.3, help="online rate as a share of capacity")
+    p.add_argument("--export-candidates", type=int, default=500, help="C of the exports (default 500)")
+    common.add_out(p)
+    args = p.parse_args()
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if shutil.which("wrk") is None:
+        p.error("wrk is not installed (apt-get install -y wrk)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    common.setup_logging()
+    work = Path(tempfile.mkdtemp(prefix="hashrec-bench-limits-"))
+    results: dict[str, Any] = {}
+    rows: dict[str, list[Row]] = {}
+    try:
+        bundles, users = bench.gowalla_bundle(args.gowalla, work)
+        users_file = work / "users.txt"
+        users_file.write_text("\n".join(users) + "\n")
+        b = Bench(args, QUICK if args.quick else Durations(), work, bundles, users, users_file)
+        for name in args.only:
+            log.info("== %s", name)
+            results[name], rows[name] = RUNS[name](b)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    flags = (" --quick" if args.quick else "") + (
+        f" --only {','.join(args.only)}" if args.only != list(SCENARIOS) else ""
+    )
+    cap = b.capacity_run
+    text = (
+        f"Bundle: Gowalla-shaped ({len(users):,} users; ids and known interactions of {args.gowalla}, random "
+        f"64-bit codes); `GET /recommend/<user>?k={args.k}&candidates={args.candidates}`, uncached unless "
+        "the scenario is about the cache; 2 workers per server unless said."
+        + (
+            f" Capacity (closed-loop wrk, 2 workers, uncached): {cap['rps']:.0f} req/s, p99 {cap['p99_ms']:.1f} ms."
+            if cap
+            else ""
+        )
+        + "\n\n"
+        + table(rows, b.logs)
+    )
+    payload = {
+        "settings": {**vars(args), "durations": asdict(b.d)},
+        "capacity": cap,
+        "results": results,
+        "server_logs": b.logs,
+    }
+    payload["targets"] = {
+        n: [{"target": t, "measured": m, "met": ok} for t, m, ok in rs] for n, rs in rows.items()
+    }
+    common.report(
+        "Serving limits (issue 15 targets)",
+        text,
+        json.loads(json.dumps(payload, default=str)),
+        args.out,
+        "benchmarks/serving_limits.py" + flags,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
