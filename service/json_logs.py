@@ -7,7 +7,10 @@ record was emitted while handling a request, any ``extra={...}`` fields passed t
 Writing happens in a background thread (:class:`BackgroundWriter`): the request path only stamps the
 record with its request id and puts it on a queue; the writer formats what has queued up and writes it in
 one system call. A write and flush per access-log line on the event loop cost about a tenth of the CPU of
-a request. At exit the queue is drained, so no line is lost on a clean shutdown.
+a request. At exit the queue is drained, so no line is lost on a clean shutdown. The queue is bounded
+(``MAX_QUEUED`` records): when the writer falls behind (an overload logs a line per shed request), records
+past the bound are dropped and counted, and the writer reports the count, instead of the backlog growing
+the process's memory without limit.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .request_context import request_id_var
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is emitted as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+MAX_QUEUED = 50_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -57,7 +61,8 @@ class BackgroundWriter(logging.Handler):
     def __init__(self, stream: TextIO, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.stream = stream
-        self._queue: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(MAX_QUEUED)
+        self._dropped = 0  # records refused by the full queue since the writer last said so
         self._thread = threading.Thread(target=self._run, name="hashrec-log-writer", daemon=True)
         self._sync = False
         self._thread.start()
@@ -79,7 +84,10 @@ class BackgroundWriter(logging.Handler):
         # resolve %-arguments now: they may be mutable objects that change before the writer runs
         record.msg = record.getMessage()
         record.args = None
-        self._queue.put(record)
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._dropped += 1  # a lost update under a race is harmless: the count is a report, not a ledger
 
     def _run(self) -> None:
         while True:
@@ -91,6 +99,18 @@ class BackgroundWriter(logging.Handler):
                 except queue.Empty:
                     break
             lines = []
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                lines.append(
+                    json.dumps(
+                        {
+                            "level": "WARNING",
+                            "logger": "hashrec.logs",
+                            "msg": "log records dropped: the writer fell behind",
+                            "dropped": dropped,
+                        }
+                    )
+                )
             stop = False
             for rec in batch:
                 if rec is None:
