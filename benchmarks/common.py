@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# the datasets that are not ours to redistribute live beside the repository (../shared/data), never in it
+DATA = REPO.parent / "shared" / "data"
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 from support import machine_info, md_table, save_json  # noqa: E402
 
-__all__ = ["REPO", "add_out", "interleaved", "machine_info", "md_table", "report", "setup_logging"]
+__all__ = ["DATA", "REPO", "add_out", "interleaved", "machine_info", "md_table", "report", "setup_logging"]
 
 log = logging.getLogger("benchmarks")
 

@@ -1,4 +1,4 @@
-"""How fast do interaction files load? One JSON line per case on stdout (issue 14: >= 1M interactions/s).
+"""How fast do interaction files load? A table of interactions per second per case (target: >= 1M/s).
 
 Cases: Gowalla (LightGCN format, ``train.txt.gz`` + ``test.txt``), MovieLens-100K ``u.data`` (tab separated),
 a big CSV built from Gowalla's interactions (string ids, a header, a few million rows) and the same table
@@ -8,7 +8,7 @@ For each case it times the reader alone (``reader_*``: file -> raw id columns) a
 reader plus id mapping, de-duplication and the splits: what ``hashrec data stats`` waits for), best of
 ``--repeat``, and prints the dataset fingerprint so that two versions of the loader can be compared::
 
-    .venv/bin/python benchmarks/data_loading.py
+    .venv/bin/python benchmarks/data_loading.py --out /tmp/data_loading.json
     .venv/bin/python benchmarks/data_loading.py --copies 5 --repeat 5 --only big_csv,parquet
 
 Not part of the installed package; nothing here is imported by ``hashrec``.
@@ -17,13 +17,14 @@ Not part of the installed package; nothing here is imported by ``hashrec``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
 
 from hashrec.data import load_dataset
@@ -121,22 +122,39 @@ def run_case(name: str, path: Path, repeat: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Parse the flags, build the big files if needed, print one JSON object per case."""
+    """Parse the flags, build the big files if needed, time every case, print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gowalla", type=Path, default=Path("/work/shared/data/gowalla"))
-    ap.add_argument("--ml100k", type=Path, default=Path("/work/shared/data/ml-100k/u.data"))
+    ap.add_argument("--gowalla", type=Path, default=common.DATA / "gowalla")
+    ap.add_argument("--ml100k", type=Path, default=common.DATA / "ml-100k" / "u.data")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hashrec-data-bench"))
     ap.add_argument("--copies", type=int, default=3, help="copies of Gowalla in the big CSV / Parquet")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default=None, help="comma-separated case names")
+    common.add_out(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     csv, parquet = write_big_files(args.gowalla, args.workdir, args.copies)
     cases = {"gowalla": args.gowalla, "ml100k": args.ml100k, "big_csv": csv, "parquet": parquet}
     only = set(args.only.split(",")) if args.only else set(cases)
-    for name, path in cases.items():
-        if name in only:
-            print(json.dumps(run_case(name, path, args.repeat)), flush=True)
+    results = [run_case(name, path, args.repeat) for name, path in cases.items() if name in only]
+
+    def row(r: dict[str, Any]) -> list[Any]:
+        if "error" in r:
+            return [r["case"], r["error"], "", "", "", ""]
+        return [
+            r["case"],
+            r["interactions_read"],
+            r["reader_s"],
+            r["reader_interactions_per_s"] / 1e6,
+            r["load_dataset_s"],
+            r["load_dataset_interactions_per_s"] / 1e6,
+        ]
+
+    table = common.md_table(
+        ["case", "interactions", "reader (s)", "reader (M/s)", "load_dataset (s)", "load_dataset (M/s)"],
+        [row(r) for r in results],
+    )
+    common.report("Data loading", table, {"cases": results}, args.out, "python " + " ".join(sys.argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Catalogues:
 - **synthetic** (``--items``, 1M by default): 64-d embeddings ``tanh(centre + 0.8 noise)`` around 1,000
   centres (codes cluster, as learned ones do, so an IVF has structure to use), 256 query users from the
   same mixture, 50 random seen items each;
-- **gowalla** (``--gowalla``, /work/shared/data/gowalla): the real catalogue, 29,858 users x 40,981 items,
+- **gowalla** (``--gowalla``, ../shared/data/gowalla): the real catalogue, 29,858 users x 40,981 items,
   with its known interactions (each query user's seen items are excluded, as in serving) and embeddings
   from the same mixture: speed depends on the shapes and the seen lists, not on the values.
 
@@ -67,7 +67,7 @@ from hashrec.index.retriever import Retriever  # noqa: E402
 log = logging.getLogger("benchmarks.retrieval")
 
 K, C, BITS, SEEN, QUERIES = 20, 1000, 64, 50, 256
-GOWALLA = Path("/work/shared/data/gowalla")
+GOWALLA = common.DATA / "gowalla"
 
 
 def mixture(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -50,7 +50,7 @@ from support import RedisProcess, ServerProcess, make_bundle
 
 log = logging.getLogger("benchmarks.service")
 
-GOWALLA = Path("/work/shared/data/gowalla")
+GOWALLA = common.DATA / "gowalla"
 PACED_CONNECTIONS = 64
 
 _SUMMARY = r"""
