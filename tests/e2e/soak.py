@@ -48,8 +48,13 @@ def run_soak(
     bundles: Path | None = None,
     workdir: Path | None = None,
     rate: float | None = None,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Run the soak and return its result (see the module docstring); never raises on a failed criterion.
+
+    ``workers``: uvicorn workers of the server (2, the service's default on this 2-core machine). With more
+    than one, a ``/metrics`` scrape reaches one worker at random, so the server-side window figures (which
+    need two scrapes of the same counters) are left out.
 
     ``rate``: offered load in requests/s instead of ``load`` x the measured capacity (capacity is still
     measured and reported), so that runs on a machine whose spare capacity varies compare at equal load.
@@ -78,7 +83,7 @@ def run_soak(
         if redis and shutil.which("redis-server"):
             redis_proc = RedisProcess(work / "redis").start()
             env["HASHREC_REDIS_URL"] = redis_proc.url
-        srv = ServerProcess(bundles, work / "server.log", env=env).start()
+        srv = ServerProcess(bundles, work / "server.log", env=env, workers=workers).start()
         targets = recommend_targets(users, k=20)
 
         log.info("warm-up and capacity (%.0f s closed loop, 32 connections)", capacity_s)
@@ -103,7 +108,7 @@ def run_soak(
             while not stop.is_set():
                 now = time.time()
                 rss.append((now, srv.rss()))
-                probes.append((now, machine_cpu(), server_probe(srv.port)))
+                probes.append((now, machine_cpu(), server_probe(srv.port) if workers == 1 else None))
                 stop.wait(5.0)
 
         t0 = time.time() + 2.0
@@ -161,6 +166,7 @@ def run_soak(
     }
     return {
         "minutes": minutes,
+        "workers": workers,
         "load_fraction": load,
         "bundle": {"users": n_users, "items": n_items, "bits": bits} if bundles is None else str(bundles),
         "cache": "redis (+ near cache)" if env.get("HASHREC_REDIS_URL") else "in-process",
