@@ -113,7 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundles", default=None, help="bundles directory (HASHREC_BUNDLES)")
     p.add_argument("--host", default=None, help="bind address (HASHREC_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (HASHREC_PORT, default 8000)")
-    p.add_argument("--workers", type=int, default=None, help="uvicorn processes (HASHREC_WORKERS, default 1)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="uvicorn processes (HASHREC_WORKERS, default: one per core)"
+    )
     p.add_argument(
         "--redis-url", default=None, help="Redis cache URL (HASHREC_REDIS_URL; unset = in-process LRU)"
     )

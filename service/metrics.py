@@ -70,8 +70,7 @@ class ServiceMetrics:
         )
         self.cache = Counter(
             "hashrec_cache_requests",
-            "Cache look-ups and writes by backend and result (hit, miss, invalid = a stored value of another "
-            "format, error, skipped = breaker open, ok)",
+            "Cache look-ups and writes by backend and result (hit, miss, error, skipped = breaker open, ok)",
             ["backend", "op", "result"],
             registry=r,
         )
@@ -90,7 +89,7 @@ class ServiceMetrics:
         self.shed = Counter(
             "hashrec_shed_requests",
             "Requests answered 503 instead of computed, by reason (inflight = too many requests in progress in "
-            "this worker, deadline = waited past its deadline, exports = too many exports running, draining)",
+            "this worker, deadline = waited past its deadline, exports = too many exports running)",
             ["reason"],
             registry=r,
         )

@@ -1,7 +1,9 @@
 """Service settings: every option is an environment variable with the ``HASHREC_`` prefix.
 
 Validated once, at start-up (``Settings()`` raises a ``pydantic.ValidationError`` naming the field), so a
-typo in a deployment fails the process before it accepts traffic instead of on the first request.
+bad value in a deployment fails the process before it accepts traffic instead of on the first request.
+Unknown ``HASHREC_*`` variables are ignored (pydantic-settings' ``extra="ignore"``): a misspelt name
+silently keeps the default, so compare names with this file when a setting seems to have no effect.
 
 Examples: ``HASHREC_BUNDLES=/bundles``, ``HASHREC_REDIS_URL=redis://redis:6379/0``,
 ``HASHREC_ADMIN_TOKEN=...``, ``HASHREC_MAX_K=200``. ``hashrec serve`` flags override the environment.

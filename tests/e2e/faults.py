@@ -183,7 +183,7 @@ class Harness:
         return [f"u{i}" for i in range(0, self.cfg.n_users, step)][: self.cfg.sample_users]
 
     def server(self, bundles: Path, env: dict[str, str] | None = None, name: str = "server") -> ServerProcess:
-        """Start a server on ``bundles`` (admin token set, access log off)."""
+        """Start a server on ``bundles`` (admin token set, access log on)."""
         self._n += 1
         return ServerProcess(
             bundles,
