@@ -205,6 +205,34 @@ def targets(
     return [{"target": t, "measured": round(v, 4), "met": bool(ok)} for t, v, ok in checks]
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Recall@K against C for every model with hierarchical rows, its continuous figure dashed beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        hier = sorted((r["C"], r["recall"]) for r in mine if r["mode"] == "hierarchical")
+        if not hier:
+            continue
+        cs, recalls = [c for c, _ in hier], [r for _, r in hier]
+        (line,) = ax.plot(cs, recalls, marker="o", label=f"{model}: hierarchical")
+        cont = next((r["recall"] for r in mine if r["mode"] == "continuous"), None)
+        if cont is not None:
+            ax.axhline(cont, ls="--", lw=1, color=line.get_color(), label=f"{model}: continuous")
+    ax.set_xscale("log")
+    ax.set_xlabel("C (Hamming candidates re-ranked)")
+    ax.set_ylabel(f"Recall@{K}, test split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="the dataset the runs were trained on (folder or file)")
@@ -219,6 +247,7 @@ def main() -> int:
     )
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline")
     p.add_argument("--targets", action="store_true", help="check issue 13's targets on the first run")
+    p.add_argument("--plot", type=Path, default=None, help="save Recall@20 against C as this PNG")
     add_out(p)
     args = p.parse_args()
     setup_logging()
@@ -262,6 +291,8 @@ def main() -> int:
             ["target", "measured", "met"],
             [[t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in payload["targets"]],
         )
+    if args.plot is not None:
+        plot(rows, args.plot)
     report(f"Quality on {ds.name}", table, payload, args.out, "python " + " ".join(sys.argv))
     return 0
 
