@@ -289,8 +289,11 @@ def test_trained_model_beats_popularity_in_all_modes(
 ) -> None:
     assert synth_dataset.config is not None
     # the paper preset's raw inner products (its official code's) learn slowly from few steps: more epochs
-    # at a smaller rate, and a lower bar, still far above an untrained model (about 0.05 here)
-    kw = dict(epochs=6) if preset == "default" else dict(epochs=30, lr=0.005)
+    # at a smaller rate, and a lower bar, still far above an untrained model (about 0.05 here). 40 epochs,
+    # not 30: on this Intel Xeon (it passed on AMD EPYC) 30 epochs selected an epoch with weak continuous scores (Recall@20
+    # 0.27 against a bar of 0.31; 40 epochs: 0.42 / Hamming 0.40 / hierarchical 0.44), the float paths
+    # differ between CPU families and 30 left no margin
+    kw = dict(epochs=6) if preset == "default" else dict(epochs=40, lr=0.005)
     margin = 1.5 if preset == "default" else 1.3
     run = load_run(train(tiny(synth_dataset.config, preset, bits=32, **kw), tmp_path / "run"))
     ds = run.dataset
