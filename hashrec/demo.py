@@ -1,7 +1,7 @@
 """``hashrec demo``: synthetic data -> train -> evaluate -> export -> serve -> a recommendation over HTTP.
 
 Everything runs on a seeded synthetic dataset with planted communities, so nothing is downloaded and the
-whole tour takes seconds on an idle 2-core machine (14 s measured, see README)::
+whole tour takes under a minute on an idle 2-core machine (46 s measured with ``make demo``)::
 
     hashrec demo                 # ends with the service running on http://127.0.0.1:8000 (Ctrl-C stops it)
     hashrec demo --exit          # stops after the service has answered once (what the tests run)
