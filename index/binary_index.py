@@ -3,10 +3,11 @@
 Index types (``index_type``), each with build and search parameters that are recorded in a bundle's
 manifest and re-applied on load:
 
-- ``flat``: ``IndexBinaryFlat``, exact. We switch it to FAISS's counting search (``use_heap = False``,
-  ``hammings_knn_mc``): it buckets candidates by distance instead of keeping a heap, which is about 30%
-  faster here for C in the hundreds to thousands and returns ties in item-id order, i.e. exactly our
-  contract (distance ascending, then item id ascending). The default up to a few million items.
+- ``flat``: ``IndexBinaryFlat``, exact, the default up to a few million items. The Retriever scans its
+  code array with our compiled scan (index/scan.py, about 2x FAISS's search end to end:
+  benchmarks/retrieval.py); searched through FAISS (``search`` below, tests and tools), it uses the
+  counting search (``use_heap = False``, ``hammings_knn_mc``), which returns ties in item-id order, i.e.
+  our contract (distance ascending, then item id ascending).
 - ``ivf``: ``IndexBinaryIVF`` (params ``nlist``, ``nprobe``), approximate: k-means over the codes in
   Hamming space, then only ``nprobe`` lists are scanned. Its recall against the exact Hamming top-C must be
   measured on the real codes (``benchmarks/retrieval.py`` does).

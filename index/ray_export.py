@@ -59,6 +59,13 @@ class CandidateActor:
         self.candidates, self.exclude_seen = candidates, exclude_seen
         self.stats = Path(stats_dir) / f"actor-{os.getpid()}.json"
         self.batches = 0
+        self._write_stats()  # an actor that gets no batch (the others were faster) is still recorded
+
+    def _write_stats(self) -> None:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        self.stats.write_text(
+            json.dumps({"pid": os.getpid(), "batches": self.batches, "peak_rss_mb": round(peak_mb, 1)})
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         """A batch of internal user ids (column ``id``) -> its candidate rows (a pyarrow Table)."""
@@ -68,10 +75,7 @@ class CandidateActor:
             candidates_for(self.retriever, batch["id"], self.candidates, exclude_seen=self.exclude_seen)
         )
         self.batches += 1
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        self.stats.write_text(
-            json.dumps({"pid": os.getpid(), "batches": self.batches, "peak_rss_mb": round(peak_mb, 1)})
-        )
+        self._write_stats()
         return table
 
 

@@ -1,4 +1,4 @@
-"""The two-stage Retriever: Hamming top-C recall over a FAISS binary index, then re-rank by the vectors.
+"""The two-stage Retriever: Hamming top-C recall over the bundle's binary index, then re-rank by the vectors.
 
 One path, used by training validation, ``hashrec evaluate``, the service, the candidate exports and the
 quality monitor alike::
@@ -14,10 +14,12 @@ Contract (checked against a brute-force numpy reference in tests/index/test_retr
 
 1. **Recall** (:meth:`Retriever.recall`): the C items nearest to each query code in Hamming distance, ties
    broken by smaller item id, among the eligible items: not in the row's ``exclude`` ids (a user's seen
-   items, a request's excluded items) and, when ``allow`` is given, in it. The FAISS index is asked for
-   more than C items (C plus the row's exclusions, widened while an ``allow`` list leaves too few), so
-   filtering never leaves fewer than C candidates while C eligible items exist (exact with the flat index;
-   an approximate index returns what it finds). Empty slots hold id -1 and distance ``bits + 1``.
+   items, a request's excluded items) and, when ``allow`` is given, in it. The flat (exact) index, the
+   default, is scanned by our compiled scan (index/scan.py) over FAISS's own code array, filters applied
+   inside the scan: C eligible items come back whenever they exist. An approximate index (IVF, HNSW) is
+   searched by FAISS for more than C items (C plus the row's exclusions, widened while an ``allow`` list
+   leaves too few) and filtered here; it returns what it finds. Empty slots hold id -1 and distance
+   ``bits + 1``.
 2. **Re-rank** (:meth:`Retriever.rerank`): each candidate is scored by the inner product of the user's and
    the item's re-rank vectors; the top k are returned by score descending, then item id ascending.
 3. ``candidates`` below ``k`` is raised to ``k``; lists are never padded: a user with fewer than k
@@ -26,8 +28,9 @@ Contract (checked against a brute-force numpy reference in tests/index/test_retr
 :meth:`Retriever.exact` is the reference the two stages approximate: every item scored by the re-rank
 vectors (FAISS's exact inner-product search), the same exclusions and tie rule.
 
-Threads: FAISS's OpenMP thread count is a per-thread setting, so every search sets it to ``threads`` in
-the calling thread (pool threads would otherwise use all cores each). The re-rank is numpy's own loops (no
+Threads: the scan splits a batch over ``threads`` pool threads (it releases the GIL); FAISS's OpenMP
+thread count is a per-thread setting, so every FAISS search sets it to ``threads`` in the calling thread
+(pool threads would otherwise use all cores each). The re-rank is numpy's own loops (no
 BLAS). torch is never imported here. Concurrent calls from several threads are safe: nothing is mutated
 after construction.
 """
@@ -48,7 +51,7 @@ import scipy.sparse as sp
 from hashrec.data import IdMap
 from hashrec.data.codes import check_bits, pack
 
-from . import binary_index
+from . import binary_index, scan
 from .bundle import Bundle, FoldIn
 
 # a re-rank gathers [rows, C, dim] floats: rows per chunk keep that under this many bytes
@@ -120,6 +123,8 @@ class Retriever:
         # views of the bundle's arrays, not copies: the memory-mapped pages stay shared between processes
         self._seen_indptr = bundle.seen.indptr
         self._seen_indices = bundle.seen.indices
+        # an exact (flat) index is scanned by our kernel over FAISS's own code array; others by FAISS
+        self._flat_codes = scan.flat_codes(bundle.index) if bundle.index_type == "flat" else None
         pop = np.asarray(bundle.popularity, dtype=np.int64)
         # popularity order (count desc, id asc), computed once so that popular() is a cheap walk
         self._pop_order = np.lexsort((np.arange(len(pop)), -pop))
@@ -229,6 +234,13 @@ class Retriever:
         n, c = len(codes), min(int(candidates), self.n_items)
         if exclude is not None and len(exclude) != n:
             raise ValueError(f"exclude has {len(exclude)} rows, the query {n}")
+        if self._flat_codes is not None:  # exact: our scan, filters applied inside it
+            mask = None
+            if allow is not None:
+                mask = np.zeros(self.n_items, dtype=bool)
+                mask[np.asarray(allow, dtype=np.int64)] = True
+            return scan.topc(self._flat_codes, codes, c, scan.exclusions_csr(exclude, n), mask, self.threads)
+        # approximate (IVF, HNSW): FAISS's search, asked for more than C and filtered here
         dist = np.full((n, c), self.bits + 1, np.int32)
         idx = np.full((n, c), -1, np.int64)
         if n == 0 or c == 0:
@@ -521,25 +533,21 @@ def _rerank_rows(
     """(scores, positions) of the top ``k`` of each row of ``cand`` by (score desc, item id asc)."""
     n, c = cand.shape
     empty = cand < 0
-    safe = np.where(empty, 0, cand)
     # np.take, not fancy indexing: ~3x faster for a gather of rows; einsum without `optimize` runs numpy's
     # own loops, so there is no BLAS thread pool to manage
-    gathered = np.take(item_vectors, safe.ravel(), axis=0).reshape(n, c, -1)
-    scores = np.einsum("ncd,nd->nc", gathered, vectors).astype(np.float32)
-    scores[empty] = -np.inf
-    tie = np.where(empty, np.iinfo(np.int64).max, safe)
-    neg = -scores
+    gathered = np.take(item_vectors, np.where(empty, 0, cand).ravel(), axis=0).reshape(n, c, -1)
+    scores = np.einsum("ncd,nd->nc", gathered, vectors).astype(np.float32, copy=False) + np.float32(0.0)
+    scores[empty] = -np.inf  # (+ 0.0 above turns -0.0 into 0.0: equal scores must get equal keys)
+    # one int64 key per candidate orders by (score desc, id asc), ties included, so a partial selection
+    # and a sort of k keys give the exact order: high 32 bits = the score's bits mapped to a signed int
+    # with the float's order, negated (descending); low 32 bits = the item id (empty slots: the largest)
+    bits = scores.view(np.int32).astype(np.int64)
+    key = ((-1 - np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)) << 32) | np.where(empty, 0xFFFFFFFF, cand)
+    # flat positions (row * c + column) instead of take_along_axis: the same gathers without its overhead
+    row0 = np.arange(0, n * c, c, dtype=np.int64)[:, None]
     if k < c:
-        # partial selection (O(C)) instead of sorting all C; rows where the k-th score also occurs outside
-        # the selection (a tie across the cut) are redone with a full (score, id) sort
-        pos = np.argpartition(neg, k - 1, axis=1)[:, :k]
-        sel = np.take_along_axis(neg, pos, axis=1)
-        kth = sel.max(axis=1, keepdims=True)
-        split = (neg == kth).sum(axis=1) != (sel == kth).sum(axis=1)
-        for r in np.flatnonzero(split):
-            pos[r] = np.lexsort((tie[r], neg[r]))[:k]
+        part = np.argpartition(key, k - 1, axis=1)[:, :k] + row0
+        flat = part.ravel()[np.argsort(key.ravel()[part], axis=1) + np.arange(0, n * k, k)[:, None]]
     else:
-        pos = np.broadcast_to(np.arange(c), (n, c)).copy()
-    order = np.lexsort((np.take_along_axis(tie, pos, axis=1), np.take_along_axis(neg, pos, axis=1)), axis=1)
-    pos = np.take_along_axis(pos, order, axis=1)
-    return np.take_along_axis(scores, pos, axis=1), pos
+        flat = np.argsort(key, axis=1) + row0
+    return scores.ravel()[flat], flat - row0
