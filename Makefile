@@ -10,7 +10,7 @@ PRODUCT := hashrec model index service
 
 .PHONY: demo test install redis lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py index/_scan.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hashrec needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

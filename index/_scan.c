@@ -81,8 +81,9 @@ static int guess_threshold(const uint8_t *items, int64_t n_items, int64_t code_s
 static int64_t collect(const uint8_t *items, int64_t n_items, int64_t code_size, const uint8_t *q, int t,
                        const uint8_t *out, const uint8_t *allow, uint32_t *cid, uint16_t *cd) {
     int64_t m = 0, i = 0;
-#define KEEP(j, d)                                                     \
-    if ((d) <= t && !out[j] && (!allow || allow[j])) cid[m] = (uint32_t)(j), cd[m++] = (uint16_t)(d);
+#define KEEP(j, d)                                                                   \
+    cid[m] = (uint32_t)(j), cd[m] = (uint16_t)(d);                                   \
+    m += ((d) <= t) & !out[j] & (allow ? allow[j] != 0 : 1); /* branch-free: clustered codes pass often */
 #define COLLECT(N)                                                                   \
     for (; i + 4 <= n_items; i += 4) {                                               \
         int d0 = DIST(items, i, q, N), d1 = DIST(items, i + 1, q, N);                \

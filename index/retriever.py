@@ -282,13 +282,15 @@ class Retriever:
         cand = np.asarray(cand, dtype=np.int64)
         n, c = cand.shape
         k = min(int(k), c)
-        pos = np.empty((n, k), np.int64)
-        scores = np.empty((n, k), np.float32)
+        if n == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.int64)
         rows = max(1, _RERANK_BYTES // max(1, c * self.bundle.dim * 4))
-        for s in range(0, n, rows):
-            sc, ps = _rerank_rows(self.bundle.item_vectors, vectors[s : s + rows], cand[s : s + rows], k)
-            scores[s : s + rows], pos[s : s + rows] = sc, ps
-        return scores, np.take_along_axis(cand, pos, axis=1), pos
+        parts = [
+            _rerank_rows(self.bundle.item_vectors, vectors[s : s + rows], cand[s : s + rows], k)
+            for s in range(0, n, rows)
+        ]
+        scores, pos = parts[0] if len(parts) == 1 else (np.concatenate(p) for p in zip(*parts, strict=True))
+        return scores, cand[np.arange(n)[:, None], pos], pos
 
     # -- both stages ---------------------------------------------------------------------------------------------
     def search(
@@ -313,7 +315,7 @@ class Retriever:
         if self.observe is not None:
             self.observe("recall", t1 - t0)
             self.observe("rerank", time.perf_counter() - t1)
-        return top, scores, np.take_along_axis(dist, pos, axis=1)
+        return top, scores, dist[np.arange(len(dist))[:, None], pos]
 
     def exact(
         self, vectors: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
