@@ -8,7 +8,7 @@ quality monitor alike::
 
     codes, vectors = r.user_rows(users)           # internal ids -> their codes and re-rank vectors
     dist, cand = r.recall(codes, 1000, exclude)   # stage 1: Hamming top-C, ties by smaller item id
-    scores, top, pos = r.rerank(vectors, cand, 20)  # stage 2: <v_u, v_i> of the C candidates, top-k
+    scores, top = r.rerank(vectors, cand, 20)     # stage 2: <v_u, v_i> of the C candidates, top-k
 
 Contract (checked against a brute-force numpy reference in tests/index/test_retriever.py):
 
@@ -30,9 +30,9 @@ vectors (FAISS's exact inner-product search), the same exclusions and tie rule.
 
 Threads: the scan splits a batch over ``threads`` pool threads (it releases the GIL); FAISS's OpenMP
 thread count is a per-thread setting, so every FAISS search sets it to ``threads`` in the calling thread
-(pool threads would otherwise use all cores each). The re-rank is numpy's own loops (no
-BLAS). torch is never imported here. Concurrent calls from several threads are safe: nothing is mutated
-after construction.
+(pool threads would otherwise use all cores each). The re-rank is FAISS's ``knn_inner_products_by_idx``
+on the same threads. torch is never imported here. Concurrent calls from several threads are safe:
+nothing is mutated after construction.
 """
 
 from __future__ import annotations
@@ -49,13 +49,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from hashrec.data import IdMap
-from hashrec.data.codes import check_bits, pack
+from hashrec.data.codes import check_bits, distances, pack
 
 from . import binary_index, scan
 from .bundle import Bundle, FoldIn
 
-# a re-rank gathers [rows, C, dim] floats: rows per chunk keep that under this many bytes
-_RERANK_BYTES = 32 << 20
 _NO_ITEMS = np.zeros(0, np.int64)
 
 Observer = Callable[[str, float], None]
@@ -269,28 +267,44 @@ class Retriever:
         return dist, idx
 
     # -- stage 2: re-rank ----------------------------------------------------------------------------------------
-    def rerank(
-        self, vectors: np.ndarray, cand: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top ``k`` of candidates (int64 [n, C], -1 = empty) by ``<v_u, v_i>``: (scores, ids, positions).
+    def rerank(self, vectors: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of candidates (int64 [n, C]; -1 = empty, only at the end of a row) by ``<v_u, v_i>``.
 
-        All three are [n, min(k, C)]: scores float32 (-inf for empty slots), item ids (-1 for empty),
-        positions of the chosen items in ``cand``. Order: score descending, then item id ascending;
-        empty slots last.
+        Returns (scores float32, item ids int64), each [n, min(k, C)], score descending then item id
+        ascending; empty slots (score -inf, id -1) last. FAISS scores the candidates in place
+        (``knn_inner_products_by_idx``: no gather of their vectors) and keeps the top k + 1; equal scores
+        come back in no set order, so rows are re-sorted by (score, id), and a row whose k-th score ties
+        the next one (a tied item may have been left out) is scored in full and cut exactly.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        cand = np.asarray(cand, dtype=np.int64)
-        n, c = cand.shape
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        cand = np.ascontiguousarray(cand, dtype=np.int64)
+        c = cand.shape[1]
         k = min(int(k), c)
-        if n == 0:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), np.zeros((0, k), np.int64)
-        rows = max(1, _RERANK_BYTES // max(1, c * self.bundle.dim * 4))
-        parts = [
-            _rerank_rows(self.bundle.item_vectors, vectors[s : s + rows], cand[s : s + rows], k)
-            for s in range(0, n, rows)
-        ]
-        scores, pos = parts[0] if len(parts) == 1 else (np.concatenate(p) for p in zip(*parts, strict=True))
-        return scores, cand[np.arange(n)[:, None], pos], pos
+        scores, ids = self._inner_topk(vectors, cand, min(k + 1, c))
+        scores, ids = _by_score_then_id(scores, ids)
+        if k < c:
+            for r in np.flatnonzero((scores[:, k - 1] == scores[:, k]) & (ids[:, k] >= 0)):
+                scores[r], ids[r] = (
+                    a[0, : k + 1]
+                    for a in _by_score_then_id(*self._inner_topk(vectors[r : r + 1], cand[r : r + 1], c))
+                )
+        return scores[:, :k], ids[:, :k]
+
+    def _inner_topk(self, vectors: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's top-``k`` of each row's candidates by inner product (ties in no set order; -inf, -1 empty)."""
+        n, c = cand.shape
+        scores = np.empty((n, k), np.float32)
+        ids = np.empty((n, k), np.int64)
+        if n and k:
+            faiss.omp_set_num_threads(self.threads)
+            iv = self.bundle.item_vectors
+            # ld_ids is passed explicitly: faiss 1.15's default (-1) does not mean "nsubset" here
+            faiss.knn_inner_products_by_idx(  # type: ignore[attr-defined]
+                faiss.swig_ptr(vectors), faiss.swig_ptr(iv), faiss.swig_ptr(cand),
+                iv.shape[1], n, len(iv), c, k, faiss.swig_ptr(scores), faiss.swig_ptr(ids), c,
+            )  # fmt: skip
+            scores[ids < 0] = -np.inf
+        return scores, ids
 
     # -- both stages ---------------------------------------------------------------------------------------------
     def search(
@@ -309,13 +323,14 @@ class Retriever:
         """
         k, candidates = _check_k(k, candidates)
         t0 = time.perf_counter()
-        dist, cand = self.recall(codes, max(candidates, k), exclude, allow)
+        _dist, cand = self.recall(codes, max(candidates, k), exclude, allow)
         t1 = time.perf_counter()
-        scores, top, pos = self.rerank(vectors, cand, k)
+        scores, top = self.rerank(vectors, cand, k)
         if self.observe is not None:
             self.observe("recall", t1 - t0)
             self.observe("rerank", time.perf_counter() - t1)
-        return top, scores, dist[np.arange(len(dist))[:, None], pos]
+        ham = distances(np.asarray(codes, np.uint8)[:, None, :], self.bundle.item_codes[np.maximum(top, 0)])
+        return top, scores, np.where(top >= 0, ham, self.bits + 1).astype(np.int32)
 
     def exact(
         self, vectors: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
@@ -529,27 +544,8 @@ def _first_kept(
     return d, i
 
 
-def _rerank_rows(
-    item_vectors: np.ndarray, vectors: np.ndarray, cand: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, positions) of the top ``k`` of each row of ``cand`` by (score desc, item id asc)."""
-    n, c = cand.shape
-    empty = cand < 0
-    # np.take, not fancy indexing: ~3x faster for a gather of rows; einsum without `optimize` runs numpy's
-    # own loops, so there is no BLAS thread pool to manage
-    gathered = np.take(item_vectors, np.where(empty, 0, cand).ravel(), axis=0).reshape(n, c, -1)
-    scores = np.einsum("ncd,nd->nc", gathered, vectors).astype(np.float32, copy=False) + np.float32(0.0)
-    scores[empty] = -np.inf  # (+ 0.0 above turns -0.0 into 0.0: equal scores must get equal keys)
-    # one int64 key per candidate orders by (score desc, id asc), ties included, so a partial selection
-    # and a sort of k keys give the exact order: high 32 bits = the score's bits mapped to a signed int
-    # with the float's order, negated (descending); low 32 bits = the item id (empty slots: the largest)
-    bits = scores.view(np.int32).astype(np.int64)
-    key = ((-1 - np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)) << 32) | np.where(empty, 0xFFFFFFFF, cand)
-    # flat positions (row * c + column) instead of take_along_axis: the same gathers without its overhead
-    row0 = np.arange(0, n * c, c, dtype=np.int64)[:, None]
-    if k < c:
-        part = np.argpartition(key, k - 1, axis=1)[:, :k] + row0
-        flat = part.ravel()[np.argsort(key.ravel()[part], axis=1) + np.arange(0, n * k, k)[:, None]]
-    else:
-        flat = np.argsort(key, axis=1) + row0
-    return scores.ravel()[flat], flat - row0
+def _by_score_then_id(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by (score desc, id asc), empty slots (id -1) last."""
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)
+    rows = np.arange(len(ids))[:, None]
+    return scores[rows, order], ids[rows, order]

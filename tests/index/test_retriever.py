@@ -130,13 +130,18 @@ def test_stages_equal_the_reference_and_search_is_their_composition(data: tuple)
             np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(dist[u][: len(got)], d[want])
         assert (dist[idx < 0] == 17).all()  # empty slots: bits + 1
-        scores, top, pos = r.rerank(vectors, idx, 10)
-        np.testing.assert_array_equal(np.take_along_axis(idx, pos, axis=1), top)
+        scores, top = r.rerank(vectors, idx, 10)
+        for u in range(N_USERS):  # the chosen ids are candidates, by (score desc, id asc), scores exact
+            assert set(top[u][top[u] >= 0]) <= set(idx[u][idx[u] >= 0])
+            np.testing.assert_allclose(
+                scores[u][top[u] >= 0], iz[top[u][top[u] >= 0]] @ vectors[u], rtol=1e-5
+            )
         dist, idx = r.recall(codes, max(c, 10), excl)  # search raises C to k
-        scores, top, pos = r.rerank(vectors, idx, 10)
+        scores, top = r.rerank(vectors, idx, 10)
         ids, s2, ham = r.search(codes, vectors, 10, c, excl)
         np.testing.assert_array_equal(ids, top)
         np.testing.assert_array_equal(s2, scores)
+        pos = np.argmax(idx[:, None, :] == top[:, :, None], axis=2)  # each chosen id's place in the recall
         np.testing.assert_array_equal(ham, np.take_along_axis(dist, pos, axis=1))
 
 
@@ -153,6 +158,22 @@ def test_exact_is_the_reference_of_every_item(data: tuple) -> None:
     # the hierarchical search with C = every item is the exact ranking
     ids, _s, _h = r.search(*r.user_rows(users), 15, N_ITEMS, [r.seen_items(u) for u in users])
     np.testing.assert_array_equal(ids, top)
+
+
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_rerank_breaks_integer_ties_by_item_id_across_the_cut(k: int) -> None:
+    """+-1 vectors tie everywhere: the re-rank's cut and order follow (score desc, id asc), empties last."""
+    rng = np.random.default_rng(k)
+    uz = np.sign(rng.standard_normal((40, 8))).astype(np.float32)
+    iz = np.sign(rng.standard_normal((200, 8))).astype(np.float32)
+    r = Retriever.from_arrays(uz, iz)
+    cand = np.stack([rng.permutation(200)[:50] for _ in range(40)]).astype(np.int64)
+    cand[::3, 25:] = -1  # some rows have only 25 candidates
+    scores, top = r.rerank(uz, cand, k)
+    for u in range(40):
+        ids = sorted(cand[u][cand[u] >= 0].tolist(), key=lambda i: (-float(uz[u] @ iz[i]), i))[:k]
+        assert top[u][top[u] >= 0].tolist() == ids
+        np.testing.assert_array_equal(scores[u][: len(ids)], [uz[u] @ iz[i] for i in ids])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
