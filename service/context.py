@@ -19,6 +19,7 @@ from fastapi import Depends, Request
 from .batcher import MicroBatcher
 from .cache import AnswerCache, make_cache
 from .errors import ApiError
+from .export_process import ExportProcess
 from .metrics import ServiceMetrics
 from .quality_monitor import QualityMonitor
 from .settings import Settings
@@ -37,7 +38,7 @@ class ServiceContext:
     cache: AnswerCache
     executor: ThreadPoolExecutor  # model calls too large to run inline (see batcher.py)
     batcher: MicroBatcher
-    export_executor: ThreadPoolExecutor  # candidate exports: never queue online requests behind them
+    export_process: ExportProcess  # candidate exports: a child process, never the request threads
     quality: QualityMonitor
     started: float = field(default_factory=time.monotonic)
     exports: int = 0  # export streams running now (capped by settings.max_exports)
@@ -106,7 +107,7 @@ async def open_context(
         metrics=metrics,
     )
     executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="hashrec-model")
-    export_executor = ThreadPoolExecutor(settings.export_threads, thread_name_prefix="hashrec-export")
+    export_process = ExportProcess(settings.export_processes)
 
     def observe_batch(seconds: float, size: int) -> None:
         observe("model", seconds)
@@ -121,7 +122,7 @@ async def open_context(
         batcher=MicroBatcher(
             executor, settings.compute_threads, observe=observe_batch, inline_users=settings.inline_users
         ),
-        export_executor=export_executor,
+        export_process=export_process,
         quality=QualityMonitor(metrics.registry, settings.quality_sample_rate, executor),
     )
     log.info(
@@ -146,7 +147,7 @@ async def open_context(
         state.close()
         await cache.close()
         executor.shutdown(wait=False, cancel_futures=True)
-        export_executor.shutdown(wait=False, cancel_futures=True)
+        export_process.close()
 
 
 async def get_context(request: Request) -> ServiceContext:

@@ -108,12 +108,12 @@ class Settings(BaseSettings):
     max_batch_users: int = Field(default=1000, ge=1, description="users per POST /recommend")
     max_items_per_user: int = Field(default=1000, ge=1, description="items given for one new user")
     max_export_users: int = Field(default=1_000_000, ge=1, description="explicit users per export request")
-    export_threads: int = Field(
+    export_processes: int = Field(
         default=1,
         ge=1,
         le=64,
-        description="threads computing export streams: separate from the request threads, so that a bulk "
-        "export never queues online requests behind its batches",
+        description="child processes (per worker, at the lowest CPU priority) computing export streams: "
+        "apart from the request threads and their GIL, so that a bulk export never holds online requests up",
     )
     export_batch: int = Field(default=256, ge=1, le=100_000, description="users computed per export step")
     max_exports: int = Field(

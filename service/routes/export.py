@@ -2,22 +2,24 @@
 
 Safe to offer beside online traffic: an optional bearer token (``HASHREC_EXPORT_TOKEN``, else the API
 token's rule); at most ``max_exports`` streams per worker (503 with Retry-After past it); the rows are
-computed *and encoded* in the export thread, never on the event loop; the stream ends with an explicit
-line ``{"end": true, "rows": N, ...}``, so a client can tell a complete export from a cut one.
+computed *and encoded* in the worker's export process at the lowest CPU priority (service/export_process.py),
+never on the event loop or in the request threads; the stream ends with an explicit line
+``{"end": true, "rows": N, ...}``, so a client can tell a complete export from a cut one.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from hashrec.index.candidates import iter_batches, to_ndjson
-
 from ..context import CtxDep, ServiceContext
 from ..errors import ApiError, error_doc
+from ..export_process import encode_batch
 from ..middleware import bearer_ok
 from ..recommender import resolve_filters
 from ..schemas import ExportEnd, ExportRequest, ExportRow
@@ -92,7 +94,7 @@ def build_router(settings: Settings) -> APIRouter:
             default=None, description="`Bearer <HASHREC_EXPORT_TOKEN>` when set"
         ),
     ) -> StreamingResponse:
-        """Rows are computed ``export_batch`` users at a time in the export thread and sent as they are ready,
+        """Rows are computed ``export_batch`` users at a time in the export process and sent as they are ready,
         so the server holds one batch, never the whole export. Every row comes from the bundle version in the
         ``X-Model-Version`` header (a reload during the stream does not change it). Unknown user ids are
         refused up front (422 naming the first one); the item filters apply to every row.
@@ -129,26 +131,28 @@ def build_router(settings: Settings) -> APIRouter:
 
         total = snap.n_users if users is None else len(users)
 
-        def encoded() -> Iterator[bytes]:
-            batches = iter_batches(
-                snap.retriever,
-                users,
-                c,
-                batch=s.export_batch,
-                exclude_seen=body.exclude_seen,
-                exclude_items=filters.exclude,
-                include_items=filters.include,
-            )
-            for cb in batches:
-                ctx.metrics.exported_rows.inc(len(cb))
-                yield to_ndjson(cb)
+        ids = np.arange(snap.n_users) if users is None else users
+        options = {
+            "exclude_seen": body.exclude_seen,
+            "exclude_items": filters.exclude,
+            "include_items": filters.include,
+        }
 
         async def stream() -> AsyncIterator[bytes]:
             loop = asyncio.get_running_loop()
-            rows, chunks = 0, encoded()
+            rows = 0
             try:
-                while chunk := await loop.run_in_executor(ctx.export_executor, next, chunks, b""):
-                    rows += chunk.count(b"\n")
+                for start in range(0, len(ids), s.export_batch):
+                    batch = ids[start : start + s.export_batch]
+                    try:
+                        chunk = await loop.run_in_executor(
+                            ctx.export_process.pool(), encode_batch, str(snap.path), batch, c, options
+                        )
+                    except BrokenProcessPool as err:  # the stream ends without its end line: a visible cut
+                        ctx.export_process.broken(err)
+                        return
+                    ctx.metrics.exported_rows.inc(len(batch))
+                    rows += len(batch)
                     yield chunk
                 end = ExportEnd(rows=rows, version=snap.version, unknown_filter_items=filters.unknown)
                 yield end.model_dump_json().encode() + b"\n"

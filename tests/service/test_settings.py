@@ -37,7 +37,7 @@ def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         ("cache_ttl_jitter", 1.0, "cache_ttl_jitter"),
         ("cache_bytes", 1000, "cache_bytes"),
         ("near_cache_bytes", -1, "near_cache_bytes"),
-        ("export_threads", 0, "export_threads"),
+        ("export_processes", 0, "export_processes"),
         ("workers", 0, "workers"),
         ("bundle_poll_s", -1, "bundle_poll_s"),
         ("max_inflight", 0, "max_inflight"),

@@ -43,6 +43,22 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from ``/proc`` (Linux)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
 class ServerProcess:
     """A ``hashrec serve`` subprocess on 127.0.0.1 and a free port; ``start`` waits for ``/readyz``.
 
@@ -122,10 +138,9 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout)
 
     def rss(self) -> int:
-        """The server's resident memory in bytes (with several workers: the workers' together)."""
-        if self.workers == 1:
-            return rss_bytes(self.pid)
-        return sum(rss_bytes(p) for p in self.worker_pids())
+        """The server's resident memory in bytes: every process of it together (the main process, its
+        workers, and their children, such as the export processes)."""
+        return sum(rss_bytes(p) for p in [self.pid, *descendants(self.pid)])
 
     def worker_pids(self) -> list[int]:
         """The worker processes' ids: with several workers, the children of :attr:`pid` that
