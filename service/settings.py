@@ -115,7 +115,9 @@ class Settings(BaseSettings):
         description="child processes (per worker, at the lowest CPU priority) computing export streams: "
         "apart from the request threads and their GIL, so that a bulk export never holds online requests up",
     )
-    export_batch: int = Field(default=256, ge=1, le=100_000, description="users computed per export step")
+    # small steps keep the online p99 near its idle value while exports stream (each step's rows cross from
+    # the export process and out of the event loop in one piece): docs/benchmarks.md, Serving limits
+    export_batch: int = Field(default=32, ge=1, le=100_000, description="users computed per export step")
     max_exports: int = Field(
         default=2, ge=1, description="exports streaming at once per worker; past it, 503"
     )
