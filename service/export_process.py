@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -33,8 +35,17 @@ _MAX_VERSIONS = 2
 
 
 def _init_child() -> None:
-    """Lowest CPU priority, one thread for FAISS and BLAS: the child must only use idle CPU."""
+    """Lowest CPU priority, one thread for FAISS and BLAS (the child must only use idle CPU), and a watch on
+    the worker: the child exits when its worker is gone, however the worker ended (killed included)."""
     os.nice(19)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # re-parented: the worker died
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="export-parent-watch", daemon=True).start()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     import faiss

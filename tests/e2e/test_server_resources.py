@@ -4,11 +4,14 @@ batch, not the whole stream (the server's resident memory while it streams)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 from support import ServerProcess, make_bundle
 from support.processes import descendants
 
@@ -73,3 +76,35 @@ def test_export_memory_is_bounded_by_one_batch(tmp_path: Path) -> None:
     assert rows == 20_000 + 1  # and the end line
     assert size > 30 * 2**20
     assert peak - rss0 < size / 3, (peak - rss0, size)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (Linux /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_export_process_ends_with_its_server(how: str, random_bundles: Path, tmp_path: Path) -> None:
+    """The export process never outlives its worker: a clean stop or a SIGKILL of the server (whose one
+    worker is the process itself) leaves no export child behind (it watches its parent)."""
+    srv = ServerProcess(random_bundles, tmp_path / "server.log").start()
+    try:
+        users = [f"u{i}" for i in range(3)]
+        r = httpx.post(f"{srv.url}/candidates/export", json={"users": users, "candidates": 10}, timeout=120)
+        assert r.status_code == 200
+        kids = descendants(srv.pid)
+        assert kids, "the export ran in a child process of the server"
+        if how == "sigkill":
+            os.kill(srv.pid, signal.SIGKILL)
+            assert srv.proc is not None
+            srv.proc.wait(timeout=30)
+    finally:
+        srv.stop()
+    deadline = time.monotonic() + 30  # the child polls its parent every 0.5 s; a loaded machine is slower
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [k for k in kids if _alive(k)], f"export processes left running after {how}"
