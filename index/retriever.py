@@ -54,8 +54,6 @@ from hashrec.data.codes import check_bits, distances, pack
 from . import binary_index, scan
 from .bundle import Bundle, FoldIn
 
-_NO_ITEMS = np.zeros(0, np.int64)
-
 Observer = Callable[[str, float], None]
 
 

@@ -40,11 +40,18 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def flat_codes(index: faiss.IndexBinary) -> np.ndarray:
-    """The codes of an ``IndexBinaryFlat`` as a read-only uint8 [ntotal, code_size] view (no copy)."""
+    """The codes of an ``IndexBinaryFlat`` as a read-only uint8 [ntotal, code_size] view (no copy).
+
+    The view lives in the index's memory: the caller keeps the index alive as long as the view. The index
+    must already be the concrete class (``read_index_binary`` returns it): a downcast proxy made here would
+    free the index it wraps when it goes away.
+    """
+    if not isinstance(index, faiss.IndexBinaryFlat):
+        raise TypeError(f"expected a faiss.IndexBinaryFlat, got {type(index).__name__}")
     n, size = int(index.ntotal), int(index.code_size)
     if n == 0:
         return np.zeros((0, size), np.uint8)
-    flat: Any = index if isinstance(index, faiss.IndexBinaryFlat) else faiss.downcast_IndexBinary(index)
+    flat: Any = index  # faiss's stubs do not declare xb
     view = faiss.rev_swig_ptr(flat.xb.data(), n * size).reshape(n, size)
     view.flags.writeable = False
     return view
