@@ -487,6 +487,9 @@ class Retriever:
         ]
 
 
+_NO_ID = np.iinfo(np.int64).max  # sorts empty slots (id -1) after every item among equal scores
+
+
 def _check_k(k: int, candidates: int) -> tuple[int, int]:
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -544,6 +547,8 @@ def _first_kept(
 
 def _by_score_then_id(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows sorted by (score desc, id asc), empty slots (id -1) last."""
-    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)
+    if np.all(scores[:, :-1] > scores[:, 1:]):  # strictly decreasing (FAISS's order, no tie): nothing to do
+        return scores, ids
+    order = np.lexsort((np.where(ids < 0, _NO_ID, ids), -scores), axis=1)
     rows = np.arange(len(ids))[:, None]
     return scores[rows, order], ids[rows, order]

@@ -99,19 +99,25 @@ def topc(
     allow_u8 = None if allow is None else np.ascontiguousarray(allow, dtype=np.uint8)
     indptr, ids = exclude if exclude is not None else (None, None)
 
-    def run(lo: int, hi: int) -> None:
+    items_p, queries_p, size = items.ctypes.data, queries.ctypes.data, items.shape[1]
+    indptr_p = None if indptr is None else indptr.ctypes.data
+    ids_p = None if ids is None else ids.ctypes.data
+    allow_p = None if allow_u8 is None else allow_u8.ctypes.data
+    dist_p, idx_p = dist.ctypes.data, idx.ctypes.data
+
+    def run(lo: int, hi: int) -> None:  # rows [lo, hi): pointers offset in bytes, no array views
         rc = _fn(
-            items.ctypes.data,
+            items_p,
             len(items),
-            items.shape[1],
-            queries[lo:hi].ctypes.data,
+            size,
+            queries_p + lo * size,
             hi - lo,
-            None if indptr is None else indptr[lo:].ctypes.data,
-            None if ids is None else ids.ctypes.data,
-            None if allow_u8 is None else allow_u8.ctypes.data,
+            None if indptr_p is None else indptr_p + 8 * lo,
+            ids_p,
+            allow_p,
             c,
-            dist[lo:hi].ctypes.data,
-            idx[lo:hi].ctypes.data,
+            dist_p + 4 * c * lo,
+            idx_p + 8 * c * lo,
         )
         if rc != 0:
             raise MemoryError(f"hamming_topc could not allocate scratch memory for {len(items)} items")

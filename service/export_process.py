@@ -38,6 +38,10 @@ def _init_child() -> None:
     """Lowest CPU priority, one thread for FAISS and BLAS (the child must only use idle CPU), and a watch on
     the worker: the child exits when its worker is gone, however the worker ended (killed included)."""
     os.nice(19)
+    try:  # Linux: run only on a core nothing else wants, and yield it at once when a request thread wakes
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as err:  # another OS: nice 19 alone
+        log.info("export process keeps nice 19 without SCHED_IDLE: %s", err)
     parent = os.getppid()
 
     def watch() -> None:

@@ -236,6 +236,7 @@ class ServingState:
         async with self._lock:
             if self.snapshot is not None and self.snapshot.path == path:
                 return self.snapshot, self.snapshot
+            log.info("switching to %s: verifying it in a child process", path.name)
             await verify_isolated(path)
             new = await asyncio.to_thread(load_snapshot, path, self.threads, self.observe, self.mmap)
             old, self.snapshot = self.snapshot, new  # the swap: one reference assignment on the event loop

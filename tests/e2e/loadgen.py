@@ -63,6 +63,8 @@ class LoadSpec:
     expected: dict[str, dict[str, list[str]]] | None = None
     # wall-clock (time.time()) start; None = as soon as the process is up
     start_at: float | None = None
+    # closed loop only: stop after this many requests (or at duration_s, whichever comes first)
+    count: int | None = None
 
 
 @dataclass
@@ -251,9 +253,9 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     async def next_slot() -> tuple[int, float] | None:
         """(request number, scheduled time) of the next request, once it is due; None when done."""
         i = next(counter)
-        if n_total is None:  # closed loop: now, until the end
+        if n_total is None:  # closed loop: now, until the end (or the count)
             now = time.time()
-            return None if now >= end else (i, now)
+            return None if now >= end or (spec.count is not None and i >= spec.count) else (i, now)
         if i >= n_total:
             return None
         sched = t0 + i / float(spec.rate or 1)
@@ -303,6 +305,7 @@ class LoadHandle:
         self._proc = ctx.Process(target=_child, args=(spec, self._queue), daemon=True)
         self._proc.start()
         self.spec = spec
+        self.pid: int | None = self._proc.pid
 
     def result(self, timeout: float | None = None) -> LoadResult:
         """Wait for the run to finish; raises RuntimeError when the load process failed or died."""

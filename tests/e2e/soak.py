@@ -6,12 +6,19 @@ reports errors, p99 per window and the server's resident memory over time. Opt-i
 Steps (:func:`run_soak`): build a bundle of random embeddings (Gowalla-sized by default: 29,858 users x
 40,981 items, 64 bits; the work per request depends on the sizes, not on the embeddings' quality) or take
 ``bundles``; start ``hashrec serve`` (:class:`support.ServerProcess`; Redis cache when ``redis-server`` is
-installed, else the in-process cache); warm up; measure capacity with a closed loop (32 connections, same
-request mix); then an open loop at ``load`` x capacity (or ``rate``) for ``minutes``, sampling every 5 s
-the server's RSS, from its ``/metrics`` its own latency histogram of ``GET /recommend``, its
-garbage-collector pauses and event loop lag, and the machine's CPU time split (``/proc/stat``: busy,
-iowait, steal). The server inherits the environment, so ``HASHREC_*`` variables (a short
-``HASHREC_CACHE_TTL_S``) apply to it.
+installed, else the in-process cache); warm up with one pass over the sampled users (every answer cached);
+measure capacity with a closed loop (32 connections, same request mix; counted over ``capacity_s`` after
+one cache TTL, when answers expire and go to the model as they will during the soak); then
+an open loop at ``load`` x capacity (or ``rate``) for ``minutes``, sampling every 5 s the server's RSS,
+from its ``/metrics`` its own latency histogram of ``GET /recommend``, its garbage-collector pauses and
+event loop lag, the machine's CPU time split (``/proc/stat``: busy, iowait, steal) and the CPU time of
+the server, Redis and the client. The server inherits the environment, so ``HASHREC_*`` variables apply.
+
+The cache TTL is ``cache_ttl_s`` (20 s; the service's default is 300 s): a stability check needs the same
+regime in every window. With the default TTL every answer cached in the warm-up expires together 4-5
+minutes in, so the first windows are all cache hits and later ones hold waves of model calls (measured:
+0% model answers for three minutes, then 2%); with 20 s each 60 s window holds three expiry cycles (about
+one answer in ten from the model, all along), and the model path is soaked too, not only the cache.
 
 The client measures latency from each request's *scheduled* send time, so a stall anywhere (server,
 client, kernel, hypervisor) shows as latency. The per-window server-side figures tell them apart: when the
@@ -49,6 +56,7 @@ def run_soak(
     workdir: Path | None = None,
     rate: float | None = None,
     workers: int = 2,
+    cache_ttl_s: float = 20.0,
 ) -> dict[str, Any]:
     """Run the soak and return its result (see the module docstring); never raises on a failed criterion.
 
@@ -58,8 +66,10 @@ def run_soak(
 
     ``rate``: offered load in requests/s instead of ``load`` x the measured capacity (capacity is still
     measured and reported), so that runs on a machine whose spare capacity varies compare at equal load.
+
+    ``cache_ttl_s``: the server's ``HASHREC_CACHE_TTL_S`` (see the module docstring).
     """
-    from loadgen import LoadSpec, recommend_targets, start_load, window_stats
+    from loadgen import LoadSpec, recommend_targets, sources, start_load, window_stats
     from support import RedisProcess, ServerProcess, expected_answers, make_bundle
 
     work = Path(workdir or tempfile.mkdtemp(prefix="hashrec-soak-"))
@@ -79,19 +89,30 @@ def run_soak(
         version = Path(bundles, "current").resolve().name
         log.info("expected answers for %d users", len(users))
         expected = expected_answers(bundles, [version], users, 20, 500)
-        env: dict[str, str] = {}
+        env: dict[str, str] = {"HASHREC_CACHE_TTL_S": str(cache_ttl_s)}
         if redis and shutil.which("redis-server"):
             redis_proc = RedisProcess(work / "redis").start()
             env["HASHREC_REDIS_URL"] = redis_proc.url
         srv = ServerProcess(bundles, work / "server.log", env=env, workers=workers).start()
         targets = recommend_targets(users, k=20)
 
-        log.info("warm-up and capacity (%.0f s closed loop, 32 connections)", capacity_s)
-        start_load(LoadSpec(port=srv.port, targets=targets, duration_s=5, connections=32)).result()
-        cap_res = start_load(
-            LoadSpec(port=srv.port, targets=targets, duration_s=capacity_s, connections=32, expected=expected)
+        log.info("warm-up (every user once) and capacity (%.0f s closed loop, 32 connections)", capacity_s)
+        start_load(
+            LoadSpec(port=srv.port, targets=targets, duration_s=300, connections=32, count=len(targets))
         ).result()
-        cap_stats = window_stats(cap_res, cap_res.t0, cap_res.t0 + capacity_s)
+        # capacity in the soak's regime: past one TTL, so that expiring answers send some requests to
+        # the model as they will during the soak (right after the warm-up every answer is cached)
+        cap_res = start_load(
+            LoadSpec(
+                port=srv.port,
+                targets=targets,
+                duration_s=cache_ttl_s + capacity_s,
+                connections=32,
+                expected=expected,
+            )
+        ).result()
+        cap_from = cap_res.t0 + cache_ttl_s
+        cap_stats = window_stats(cap_res, cap_from, cap_from + capacity_s)
         capacity = (cap_stats["requests"] - cap_stats["failures"]) / capacity_s
         if rate is None:
             rate = load * capacity
@@ -108,8 +129,17 @@ def run_soak(
             while not stop.is_set():
                 now = time.time()
                 rss.append((now, srv.rss()))
-                probes.append((now, machine_cpu(), server_probe(srv.port) if workers == 1 else None))
+                cpu = machine_cpu()
+                cpu.update(process_cpu(pids()))
+                probes.append((now, cpu, server_probe(srv.port) if workers == 1 else None))
                 stop.wait(5.0)
+
+        def pids() -> dict[str, int | None]:
+            return {
+                "server": srv.proc.pid if srv.proc else None,
+                "redis": redis_proc.proc.pid if redis_proc and redis_proc.proc else None,
+                "client": handle.pid,
+            }
 
         t0 = time.time() + 2.0
         handle = start_load(
@@ -147,6 +177,8 @@ def run_soak(
     while t < t0 + duration - 1e-6:
         w = window_stats(res, t, min(t + step, t0 + duration))
         w["from_s"] = round(t - t0, 1)
+        src = sources(res, t, min(t + step, t0 + duration))
+        w["model_share"] = round(src.get("model", 0) / max(1, sum(src.values())), 3)
         w.update(probe_window(probes, t, min(t + step, t0 + duration)))
         windows.append(w)
         t += step
@@ -198,6 +230,25 @@ def machine_cpu() -> dict[str, int]:
     return {k: int(v) for k, v in zip(_CPU_FIELDS, parts[1:], strict=False)}
 
 
+def process_cpu(pids: dict[str, int | None]) -> dict[str, int]:
+    """Cumulative CPU time (user + system clock ticks) of each named process and everything below it,
+    as ``proc_<name>`` keys; a process that is gone (or not started) reads 0."""
+    from support.processes import descendants
+
+    out: dict[str, int] = {}
+    for name, pid in pids.items():
+        ticks = 0
+        for p in [pid, *descendants(pid)] if pid else []:
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        out[f"proc_{name}"] = ticks
+    return out
+
+
 def server_probe(port: int) -> dict[str, Any] | None:
     """One scrape of the server's ``/metrics``: ``latency`` (cumulative ``GET /recommend/{user_id}``
     buckets by upper bound, statuses summed), ``loop_lag`` (cumulative event loop lag buckets),
@@ -244,7 +295,8 @@ def probe_window(
     ``gc2_collections`` / ``gc_ms``: generation-2 collections and milliseconds spent in collections of any
     generation; ``loop_lag_over_50ms``: event loop ticks that woke more than 50 ms late; ``cpu_*_pct``:
     shares of the machine's CPU time (all cores) that were busy, waiting on I/O, or stolen by the
-    hypervisor. Empty when fewer than two probes fall in range.
+    hypervisor; ``cpu_<name>_pct``: the share of that same total used by each process tree the probes
+    followed (server, Redis, client). Empty when fewer than two probes fall in range.
     """
     inside = [p for p in probes if t_from - 2.5 <= p[0] <= t_to + 2.5]
     if len(inside) < 2:
@@ -257,6 +309,9 @@ def probe_window(
         out["cpu_busy_pct"] = round(100.0 * (total - d["idle"] - d["iowait"]) / total, 1)
         out["cpu_iowait_pct"] = round(100.0 * d["iowait"] / total, 2)
         out["cpu_steal_pct"] = round(100.0 * d["steal"] / total, 2)
+        for key in sorted(k for k in cpu1 if k.startswith("proc_")):
+            # percent of the whole machine, like cpu_busy_pct: the split of the busy time among processes
+            out[f"cpu_{key[5:]}_pct"] = round(100.0 * (cpu1[key] - cpu0.get(key, 0)) / total, 1)
     if s0 is None or s1 is None:
         return out
     h0, h1 = s0["latency"], s1["latency"]
@@ -332,6 +387,8 @@ def markdown(r: dict[str, Any]) -> str:
             "GC gen-2 runs / GC ms",
             "loop lag > 50 ms",
             "CPU busy / iowait / steal (%)",
+            "CPU server / Redis / client (%)",
+            "model answers",
         ],
         [
             [
@@ -349,6 +406,10 @@ def markdown(r: dict[str, Any]) -> str:
                 "n/a"
                 if w.get("cpu_busy_pct") is None
                 else f"{w['cpu_busy_pct']:.0f} / {w['cpu_iowait_pct']:.1f} / {w['cpu_steal_pct']:.1f}",
+                "n/a"
+                if w.get("cpu_server_pct") is None
+                else f"{w['cpu_server_pct']:.0f} / {w['cpu_redis_pct']:.0f} / {w['cpu_client_pct']:.0f}",
+                f"{w['model_share']:.1%}",
             ]
             for w in r["windows"]
         ],

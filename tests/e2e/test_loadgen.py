@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from loadgen import (
@@ -124,3 +125,12 @@ def test_window_stats() -> None:
     assert s["p50_ms"] == pytest.approx(25.5) and s["p99_ms"] == pytest.approx(49.51)
     assert window_stats(r, 0.5, 1.0)["failures"] == 1
     assert window_stats(r, 5.0, 6.0)["p99_ms"] is None
+
+
+def test_closed_loop_stops_at_its_count() -> None:
+    spec = LoadSpec(
+        port=free_port(), targets=[Target("GET", "/x", kind="status")], duration_s=30, connections=3, count=7
+    )
+    t = time.monotonic()
+    res = asyncio.run(run_load(spec))
+    assert len(res) == 7 and time.monotonic() - t < 10  # the count ended it, not the 30 s
