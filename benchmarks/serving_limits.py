@@ -33,7 +33,8 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   segments until both end; the window is export start to last end): the ratio (target <= 2x); the export
   throughput; both streams complete (end line counting the rows received, one row per user).
 - ``cold_cache``: Redis configured (a private ``redis-server``, default near cache): wrk walks the users in
-  order, each run from its own offset and with its own C (500 + run), so no cache key repeats: every
+  order, each run from its own offset and with its own C (500 + 100 x run, + 1 at every wrap of the
+  user list), so no cache key repeats: every
   request is a miss (Redis's own hit/miss counters prove it). Throughput against the same server's
   ``GET /livez`` (the floor), floor and target alternating, medians of pairs; target >= 0.5 on the
   setting the issue gives for it (a 6,000-user, 3,700-item bundle of random codes), reported on the
@@ -607,16 +608,17 @@ def export(b: Bench) -> tuple[dict[str, Any], list[Row]]:
     return out, rows
 
 
-def _cold_script(b: Bench, users_file: Path, n_users: int, run: int, candidates: int) -> Path:
-    """wrk Lua: ``GET /recommend`` over the users in order from this run's offset (1 thread: no repeats
-    until the list wraps)."""
+def _cold_script(b: Bench, users_file: Path, n_users: int, run: int) -> Path:
+    """wrk Lua: ``GET /recommend`` over the users in order from this run's offset, with C = 500 + 100 x run
+    + the number of times the list wrapped: no key repeats within a run or across runs (1 thread)."""
     body = f"""
 local users = {{}}
 for line in io.lines("{users_file}") do users[#users + 1] = line end
 local counter = {run * n_users // b.d.repeats}
 function request()
   counter = counter + 1
-  return wrk.format("GET", "/recommend/" .. users[(counter - 1) % #users + 1] .. "?k={b.args.k}&candidates={candidates}")
+  local c = {b.args.candidates + 100 * run} + math.floor((counter - 1) / #users)
+  return wrk.format("GET", "/recommend/" .. users[(counter - 1) % #users + 1] .. "?k={b.args.k}&candidates=" .. c)
 end
 """
     return bench.script(b.work, f"cold-{users_file.stem}-{run}", body)
@@ -653,8 +655,7 @@ def _cold_pairs(b: Bench, name: str, bundles: Path, users_file: Path, n_users: i
         hits = misses = served = 0
         for run in range(b.d.repeats):
             log.info("cold cache (%s): round %d/%d", name, run + 1, b.d.repeats)
-            # C = 500 + run: a key no earlier round wrote, so every request of this round misses
-            lua = _cold_script(b, users_file, n_users, run, b.args.candidates + run)
+            lua = _cold_script(b, users_file, n_users, run)  # keys no earlier request wrote: all misses
             for label, srv in (("redis", cold), ("none", bare)):
                 f = bench.wrk(srv, floor, b.d.wrk_s, b.args.connections, "/livez")
                 h0, m0 = _redis_hits(rds.url)

@@ -3,8 +3,9 @@
 Why a process: an export computes and encodes every user's candidates; in a thread of the serving worker it
 shares the GIL with the event loop, and online requests wait for it (benchmarks/serving_limits.py, export
 scenario: online p99 from about 5 ms idle to 120-150 ms during two full exports, with the export thread
-niced or not). In a child process at nice 19 it shares only the cores, and the kernel gives them to the
-request threads first.
+niced or not). In a child process at nice 19 and, on Linux, in the SCHED_IDLE class it shares only the
+cores, and the kernel gives them to the request threads first (SCHED_IDLE: the child runs only on a core
+nothing else wants, and a waking request thread takes it back at once).
 
 The child is started (``spawn``: safe beside the worker's threads) at the first export and kept for the
 next ones; it loads each bundle version once, memory-mapped (the pages are the page cache's, shared with

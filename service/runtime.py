@@ -17,7 +17,7 @@ Metrics (in the app's registry; both cost a few microseconds per event):
 - ``hashrec_event_loop_lag_seconds`` (histogram): how late each ticker wake-up was.
 
 What they showed (docs/reliability.md): the service's hits allocate no GC-tracked containers at all, but
-each cache miss allocates some 75 (answer lists, futures, the Redis pipeline), so expiry waves are what
+each cache miss allocates some 75 (answer lists, futures, the Redis write), so expiry waves are what
 ran the collector, and a generation-2 collection walked the ~80,000 objects created at start-up (modules,
 classes, FastAPI and pydantic structures) for 30-80 ms, holding the GIL: every request in flight waited.
 :func:`freeze_startup_heap` moves those objects out of the collector's sight once start-up is done.

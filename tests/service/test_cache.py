@@ -349,3 +349,28 @@ def test_near_cache_write_does_not_wait_for_redis(redis_server) -> None:  # type
         await cache.close()
 
     asyncio.run(run())
+
+
+def test_a_lone_write_leaves_after_the_linger(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A write no other joins still reaches Redis (after ``write_linger_s``), with its TTL; writes arriving
+    within the linger leave as one command."""
+    m = ServiceMetrics()
+
+    async def run() -> None:
+        cache = RedisCache(
+            redis_server.url, ttl_s=30, timeout_s=0.5, pool_size=4, breaker=CircuitBreaker(3, 5), metrics=m
+        )
+        cache.write_linger_s = 0.05
+        await cache.set_many([("lone", b"v")])
+        await cache.set_many([("second", b"w")])  # joins the first: same command
+        assert redis.Redis.from_url(redis_server.url).get("lone") is None  # still lingering
+        await _stored(m, 2)
+        await cache.close()
+
+    asyncio.run(run())
+    r = redis.Redis.from_url(redis_server.url)
+    assert r.get("lone") == b"v" and r.get("second") == b"w"
+    assert 0 < r.pttl("lone") <= 30_000
+    stats = r.info("commandstats")["cmdstat_evalsha"]
+    # one write command; the first EVALSHA of a new Redis fails (NOSCRIPT) and redis-py loads the script
+    assert stats["calls"] - stats.get("failed_calls", 0) == 1, stats
