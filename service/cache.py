@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 # releases reading another layout never meet these values
 KEY_PREFIX = "hashrec:ans:v3"
 _MAX_KEYS_PER_MGET = 512
-# one command stores a batch of answers, each with its own TTL (a pipeline of SETs costs the Python client
-# about 1.7x as much per batch of 8; the script is cached by Redis and re-sent by redis-py after a restart)
+# one command stores a batch of answers, each with its own TTL: a pipeline of SETs costs the Python client
+# 1.9x the CPU per batch of 8, 3.2x per batch of 32 (benchmarks/redis_writes.py); Redis caches the script
+# and redis-py sends it again after a Redis restart
 _SET_MANY_LUA = "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'PX', ARGV[2 * i]) end"
 # what an LRU entry costs beside its key and value bytes (dict slot, OrderedDict links, tuple, floats)
 _ENTRY_OVERHEAD = 200
@@ -281,11 +282,11 @@ class RedisCache:
     Look-ups and writes of concurrent requests are coalesced: while ``max_fetches`` MGETs (``max_writes``
     batch writes) are in flight, new ones queue and leave together in the next call, and writes wait up to
     ``write_linger_s`` for others to join them (nobody waits for a write: its answer is already sent). The
-    Python client's per-call cost (about 0.1 ms of CPU), not Redis, limits a cached service otherwise, and
-    in a wave of misses every write took a pooled connection of its own until waits for a connection timed
-    out and the breaker opened. One MGET in flight: every miss waits for at most one round trip before its
-    MGET leaves, and the batches are the largest (all misses, 2 workers: about 20% more requests/s than with
-    4 MGETs and 2 pipelines in flight).
+    Python client's per-call cost (0.14 ms of CPU for one write: benchmarks/redis_writes.py), not Redis,
+    limits a cached service otherwise, and in a wave of misses every write took a pooled connection of its
+    own until waits for a connection timed out and the breaker opened. One MGET in flight: every miss waits
+    for at most one round trip before its MGET leaves, and the batches are the largest (all misses, 2
+    workers: about 20% more requests/s than with 4 MGETs and 2 pipelines in flight).
     """
 
     backend = "redis"
@@ -430,7 +431,12 @@ class RedisCache:
         self._writes.extend(items)
         if len(self._writes) >= _MAX_KEYS_PER_MGET:
             self._kick_writes()
-        elif self._linger is None:
+        else:
+            self._linger_writes()
+
+    def _linger_writes(self) -> None:
+        """Let the queued writes leave in ``write_linger_s`` (unless a timer is already set)."""
+        if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(self.write_linger_s, self._kick_writes)
 
     def _kick_writes(self) -> None:
@@ -464,8 +470,8 @@ class RedisCache:
             self._count("set", "ok", len(batch))
         finally:
             self._writing -= 1
-            if self._writes and self._linger is None:
-                self._linger = asyncio.get_running_loop().call_later(self.write_linger_s, self._kick_writes)
+            if self._writes:
+                self._linger_writes()
 
     async def clear(self) -> None:
         """Nothing local to drop: keys carry the version, old ones expire by TTL."""

@@ -18,7 +18,7 @@ The cache TTL is ``cache_ttl_s`` (20 s; the service's default is 300 s): a stabi
 regime in every window. With the default TTL every answer cached in the warm-up expires together 4-5
 minutes in, so the first windows are all cache hits and later ones hold waves of model calls (measured:
 0% model answers for three minutes, then 2%); with 20 s each 60 s window holds three expiry cycles (about
-one answer in ten from the model, all along), and the model path is soaked too, not only the cache.
+15% of the answers from the model, all along), and the model path is soaked too, not only the cache.
 
 The client measures latency from each request's *scheduled* send time, so a stall anywhere (server,
 client, kernel, hypervisor) shows as latency. The per-window server-side figures tell them apart: when the
