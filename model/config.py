@@ -115,6 +115,8 @@ class TrainConfig:
         bits: code length K (8..1024, a multiple of 8).
         rerank_head / rerank_dim: a separate re-rank head of this width (False: the code head's z re-ranks).
         continuous: train without codes (code probability 0): the continuous baseline.
+        rerank_ste: with two heads, train the re-rank head on its guided codes (its sign, reaching pure STE
+            at ``pure_ste_at``) like the one head; False trains it purely continuous, as it is served.
         guidance: draw the "use the code" Bernoulli per ``example`` or per ``bit``.
         negative_draw: the example's negatives share its draw (``shared``) or draw their own (``own``).
         code_prob_start: probability of using the code at the start of training.
@@ -171,6 +173,7 @@ class TrainConfig:
     rerank_head: bool = True
     rerank_dim: int = 64
     continuous: bool = False
+    rerank_ste: bool = True
     guidance: Literal["example", "bit"] = "example"
     negative_draw: Literal["shared", "own"] = "shared"
     code_prob_start: float = 0.0

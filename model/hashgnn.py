@@ -210,7 +210,11 @@ class HashGNN(nn.Module):
         )
         if len(heads) > 1:
             rerank = head(heads[1])
-            p = 0.0 if cfg.continuous else code_probability(progress, cfg.code_prob_start, cfg.pure_ste_at)
+            p = (
+                code_probability(progress, cfg.code_prob_start, cfg.pure_ste_at)
+                if cfg.rerank_ste and not cfg.continuous
+                else 0.0
+            )
             r_total, _ = self._head_losses(rerank, p, cfg.softmax_tau, mask, gen, out, "rerank_")
             total = total + r_total
             if cfg.distill_weight > 0 and student is not None:

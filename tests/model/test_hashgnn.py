@@ -52,6 +52,29 @@ def test_two_heads_train_both_and_distil_into_the_codes_only(
     )
 
 
+@pytest.mark.parametrize("rerank_ste", [True, False])
+def test_the_rerank_head_trains_on_its_codes_only_with_rerank_ste(
+    synth_dataset: Dataset, tmp_path: object, rerank_ste: bool
+) -> None:
+    # at progress 1 a head on pure STE sees only sign(v): a nudge that flips no sign leaves its losses
+    # unchanged; a continuous re-rank head sees v itself
+    graph = synth_dataset.graph("train")
+    m = model(graph, tmp_path, rerank_ste=rerank_ste)
+    batch = small_batch(graph)
+
+    def rerank_softmax() -> float:
+        with torch.no_grad():
+            return float(m.loss(batch, 1.0, None, torch.Generator().manual_seed(1))["rerank_softmax"])
+
+    before = rerank_softmax()
+    assert m.user_rerank is not None
+    with torch.no_grad():
+        m.user_rerank.fc.weight.mul_(1.001)  # with the bias: scales every pre-activation, flips no sign
+        m.user_rerank.fc.bias.mul_(1.001)
+    moved = abs(rerank_softmax() - before)
+    assert (moved == 0.0) if rerank_ste else (moved > 1e-6)
+
+
 def test_one_head_has_no_rerank_terms(synth_dataset: Dataset, tmp_path: object) -> None:
     graph = synth_dataset.graph("train")
     m = model(graph, tmp_path, rerank_head=False, distill_weight=0.0)

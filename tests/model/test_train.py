@@ -378,3 +378,33 @@ def test_time_budget_plans_the_schedule_and_is_never_overrun(small_csv: Path, tm
     assert select[-1]["planned_epochs"] < 500 and select[-1]["epoch"] <= select[-1]["planned_epochs"]
     assert sel["progress_at_epoch"][-1] > 0.5
     assert run.metrics[-1]["elapsed_s"] <= budget_s  # selection, validation and refit all inside it
+
+
+_REALLOCATE = """
+import resource, sys
+import torch
+if sys.argv[1] == "kept":
+    from hashrec.model.train import _keep_freed_memory
+    _keep_freed_memory()
+for _ in range(2):  # warm-up: 128 MB allocated, touched and freed
+    torch.ones(32 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.ones(32 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_the_trainer_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
+    # a 128 MB block is 32,768 pages: by default each re-allocation faults them all in again
+    faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", _REALLOCATE, mode], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for mode in ("default", "kept")
+    }
+    assert faults["default"] > 5 * 30_000
+    assert faults["kept"] < 5 * 1_000
