@@ -97,8 +97,8 @@ def _keep_freed_memory() -> None:
 
     A default-preset step allocates and frees several [batch x shared items] matrices of 128 MB; by default
     glibc maps each one afresh and the kernel zeroes its pages again at every step. Served from a heap that is
-    never mapped out nor trimmed, a Gowalla step on one core used 3.3 s of CPU instead of 5.9 s (system time
-    0.4 s instead of 3.0 s; ``benchmarks/train_memory.py``). The cost: the process keeps its peak memory.
+    never mapped out nor trimmed, a Gowalla step on 2 cores takes 1.73 s instead of 3.20 s, 0.04 s of it
+    system time instead of 2.46 s (``benchmarks/train_memory.py``). The cost: the process keeps its peak memory.
     No-op where glibc's mallopt is not available (macOS, musl).
     """
     import ctypes
