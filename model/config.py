@@ -116,7 +116,8 @@ class TrainConfig:
         rerank_head / rerank_dim: a separate re-rank head of this width (False: the code head's z re-ranks).
         continuous: train without codes (code probability 0): the continuous baseline.
         rerank_ste: with two heads, train the re-rank head on its guided codes (its sign, reaching pure STE
-            at ``pure_ste_at``) like the one head; False trains it purely continuous, as it is served.
+            at ``pure_ste_at``) like the one head; False trains it purely continuous, as it is served
+            (worse on validation: docs/training.md).
         guidance: draw the "use the code" Bernoulli per ``example`` or per ``bit``.
         negative_draw: the example's negatives share its draw (``shared``) or draw their own (``own``).
         code_prob_start: probability of using the code at the start of training.
