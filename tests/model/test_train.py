@@ -389,15 +389,23 @@ if sys.argv[1] == "kept":
 for _ in range(2):  # warm-up: 128 MB allocated, touched and freed
     torch.ones(32 << 20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     torch.ones(32 << 20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _thp_always() -> bool:
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return thp.exists() and "[always]" in thp.read_text()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.skipif(
+    _thp_always(), reason="huge pages for every mapping: 4 KB faults cannot tell the two apart"
+)
 def test_the_trainer_reuses_freed_memory_instead_of_faulting_it_in_again() -> None:
-    # a 128 MB block is 32,768 pages: by default each re-allocation faults them all in again
+    # a 128 MB block is 32,768 pages
     faults = {
         mode: int(
             subprocess.run(
@@ -406,5 +414,7 @@ def test_the_trainer_reuses_freed_memory_instead_of_faulting_it_in_again() -> No
         )
         for mode in ("default", "kept")
     }
-    assert faults["default"] > 5 * 30_000
-    assert faults["kept"] < 5 * 1_000
+    # each of the 10 re-allocations faults its pages in again by default; kept, at most a block or two does
+    # (when a small allocation lands in the freed block, the next 128 MB extends the heap once)
+    assert faults["default"] > 10 * 30_000
+    assert faults["kept"] * 4 < faults["default"]
