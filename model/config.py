@@ -100,6 +100,10 @@ def parse_changes(text: str, what: str) -> dict[str, Any]:
     return changes
 
 
+# Fields added after runs existed, with the value those runs had: see TrainConfig.fingerprint.
+_ADDED_FIELDS: dict[str, Any] = {"rerank_ste": True}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on (the dataset config included). Defaults = the default preset.
@@ -341,6 +345,11 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """sha256 of every field that changes what is computed (runtime fields excluded)."""
         d = {k: v for k, v in self.to_json().items() if k not in RUNTIME_FIELDS}
+        # fields added after runs existed count only away from their default, so that those runs keep their
+        # fingerprint (``--resume`` and the checkpoint checks compare it)
+        for name, default in _ADDED_FIELDS.items():
+            if d.get(name) == default:
+                d.pop(name, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def replace(self, **changes: Any) -> TrainConfig:

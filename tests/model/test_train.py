@@ -418,3 +418,15 @@ def test_the_trainer_reuses_freed_memory_instead_of_faulting_it_in_again() -> No
     # (when a small allocation lands in the freed block, the next 128 MB extends the heap once)
     assert faults["default"] > 10 * 30_000
     assert faults["kept"] * 4 < faults["default"]
+
+
+def test_a_field_added_later_keeps_old_runs_fingerprints(tmp_path: Path) -> None:
+    import hashlib
+
+    from hashrec.model.config import RUNTIME_FIELDS
+
+    cfg = TrainConfig(data=DataConfig(path=str(tmp_path)))
+    # what a run from before `rerank_ste` existed recorded: the hash of its fields without it
+    old = {k: v for k, v in cfg.to_json().items() if k != "rerank_ste" and k not in RUNTIME_FIELDS}
+    assert cfg.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert cfg.replace(rerank_ste=False).fingerprint() != cfg.fingerprint()
