@@ -270,7 +270,9 @@ class HashGNN(nn.Module):
         """Softmax logits of the positive [B] and of the shared items [B, S], ``<h_u, h_c>/(K tau)``.
 
         Each example sees every candidate in its own space: where its draw says code, the candidates'
-        codes, elsewhere their z (per bit with per-bit draws): ``(h_u * d) @ sign(Z)^T + (h_u * (1 - d)) @ Z^T``.
+        codes, elsewhere their z (per bit with per-bit draws): ``(h_u * d) @ sign(Z)^T + (h_u * (1 - d)) @ Z^T``,
+        computed as one product over the concatenated bits ``[h_u d, h_u (1 - d)] @ [sign(Z), Z]^T``: one
+        [B, S] output instead of two and their sum (faster: ``benchmarks/mixed_softmax.py``).
         Masked pairs (training positives among the shared items) get a logit of -1e4. The positive's column
         is kept apart (no [B, 1 + S] concatenation: every pass over these matrices is most of a step).
         """
@@ -279,8 +281,8 @@ class HashGNN(nn.Module):
         if bool(draw.all()) or not bool(draw.any()):
             shared = hu @ (ste_sign(z.shared) if bool(draw.all()) else z.shared).T
         else:
-            d = draw.to(hu.dtype)  # per example ([B, 1]) or per bit ([B, K]): the same two products
-            shared = (hu * d) @ ste_sign(z.shared).T + (hu * (1 - d)) @ z.shared.T
+            d = draw.to(hu.dtype)  # per example ([B, 1]) or per bit ([B, K]): the same product
+            shared = torch.cat([hu * d, hu * (1 - d)], 1) @ torch.cat([ste_sign(z.shared), z.shared], 1).T
         if mask is not None:
             shared = shared.masked_fill(mask, _MASKED)
         return _Logits(pos, shared)

@@ -89,8 +89,9 @@ class Budget:
 class Outcome:
     """What a phase ended with: epochs run, the best epoch and value, why it stopped, the schedule's
     progress at each epoch's end (a refit replays it), its window on the run's clock (it started at
-    ``start`` seconds and must end by ``deadline``; ``inf``: only the run's budget bounds it), and the
-    epochs its schedule is planned over (0: all it was asked for)."""
+    ``start`` seconds and must end by ``deadline``; ``inf``: only the run's budget bounds it), the
+    epochs its schedule is planned over (0: all it was asked for) and each epoch's seconds of training
+    steps (validation excluded: what a refit of it will cost, per edge)."""
 
     epochs: int = 0
     best_epoch: int = 0
@@ -101,11 +102,13 @@ class Outcome:
     start: float = 0.0
     deadline: float = math.inf
     planned: int = 0
+    train_s: list[float] = field(default_factory=list)
 
 
 @dataclass
 class Context:
-    """What every phase of a run shares: the run's config, data, device, process group, directory, budget."""
+    """What every phase of a run shares: the run's config, data, device, process group, directory, budget,
+    and ``refit_edges``: the edges a refit trains on per selection edge (0: no refit follows the selection)."""
 
     cfg: TrainConfig
     ds: Dataset
@@ -113,6 +116,7 @@ class Context:
     dist: Dist
     out: Path
     budget: Budget
+    refit_edges: float = 0.0
 
 
 class Phase:
@@ -270,7 +274,8 @@ def _schedule(phase: Phase, epochs: int, selection: Outcome | None) -> Any:
     guidance schedules.
 
     Selection: the fraction of the planned epochs done (:func:`_plan` lowers the plan when the time left
-    cannot hold them all, so pure STE and the low learning rate come before the deadline). It depends on
+    cannot hold them all, so pure STE and the low learning rate come before the deadline, and raises it
+    again, before pure STE, when the epochs got cheaper). It depends on
     no clock reading, so a run whose budget holds all its epochs is as deterministic as one without a
     budget. Refit: the selection run's progress at each epoch's end, interpolated within the epoch, so it
     replays the same schedule.
@@ -291,14 +296,30 @@ def _schedule(phase: Phase, epochs: int, selection: Outcome | None) -> Any:
     return refit_progress
 
 
-def _plan(ctx: Context, out: Outcome, epochs: int, epoch_s: float) -> None:
-    """After an epoch that took ``epoch_s`` seconds: lower ``out.planned`` to the epochs the time left
-    before the deadline (or the run's budget) can hold, never below those done; rank 0's figure."""
+def _plan(ctx: Context, out: Outcome, epochs: int, epoch_s: float, valid_s: float, grow: bool) -> None:
+    """After a selection epoch that took ``epoch_s`` seconds (``valid_s`` of them validating): set
+    ``out.planned`` to the most epochs that the time left can hold, never below those done, never above
+    ``epochs``; rank 0's figure.
+
+    The price of an epoch to come is the latest one's: epochs only get cheaper as the heads reach pure STE
+    (a guided step computes a code and a continuous product), so the plan set after the first, slowest
+    epoch is pessimistic. The plan must hold (1) the rest of the selection before its deadline (or the
+    run's budget) and (2) with a refit, the selection's rest plus the refit's replay of every planned epoch
+    (each done epoch at its own training seconds, the rest at the latest's, times ``ctx.refit_edges``)
+    plus the export (about two validations) before the run's budget ends. ``grow``: the plan may rise
+    again (only before pure STE: later, a longer plan would move the learning rate and guidance back).
+    """
+    elapsed = ctx.budget.elapsed()
     end = min(ctx.budget.seconds, out.deadline)
     if not math.isfinite(end):
         return
-    fits = out.epochs + int(max(end - ctx.budget.elapsed(), 0.0) // max(epoch_s, 1e-9))
-    planned = max(out.epochs, min(out.planned or epochs, fits))
+    fits = out.epochs + int(max(end - elapsed, 0.0) // max(epoch_s, 1e-9))
+    if ctx.refit_edges > 0 and math.isfinite(ctx.budget.seconds):
+        refit_done = ctx.refit_edges * sum(out.train_s)
+        left = ctx.budget.seconds - elapsed - refit_done - 2.0 * valid_s
+        price = epoch_s + ctx.refit_edges * out.train_s[-1]
+        fits = min(fits, out.epochs + int(max(left, 0.0) // max(price, 1e-9)))
+    planned = max(out.epochs, min(epochs if grow else (out.planned or epochs), fits))
     out.planned = int(ctx.dist.decide(planned))
 
 
@@ -367,6 +388,7 @@ def run_phase(
         phase.check_replicas()
         if selection is None:  # the schedule's position at this epoch's end, for a refit to replay
             out.progress.append(progress_of(out.epochs, 0.0))
+            out.train_s.append(float(dist.decide(time.perf_counter() - t_epoch)))
         record: dict[str, Any] = {
             "phase": phase.name,
             "candidate": phase.candidate,
@@ -387,7 +409,8 @@ def run_phase(
             epoch_s=round(time.perf_counter() - t_epoch, 2),
         )
         if selection is None:
-            _plan(ctx, out, epochs, time.perf_counter() - t_epoch)
+            before_pure = out.progress[-1] < max(cfg.pure_ste_at, cfg.code_pure_ste_at)
+            _plan(ctx, out, epochs, time.perf_counter() - t_epoch, valid_s, grow=before_pure)
             if out.planned and out.planned < epochs and out.epochs >= out.planned:
                 out.stopped = f"time budget: planned {out.planned} of {epochs} epochs"
         record["planned_epochs"] = out.planned or epochs

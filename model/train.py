@@ -398,7 +398,10 @@ def _train(cfg: TrainConfig, out: Path, device: torch.device, dist: Dist, resume
         )
         if dist.is_main:
             rundir.truncate_metrics(out, st["phase"], st["candidate"], st["outcome"]["epochs"])
-    ctx = Context(cfg, ds, device, dist, out, budget)
+    refit_edges = (
+        (len(ds.train) + len(ds.valid)) / max(len(ds.train), 1) if cfg.refit and len(ds.valid) else 0.0
+    )
+    ctx = Context(cfg, ds, device, dist, out, budget, refit_edges)
     saved = read_selection(out) if resuming else None
     if st is not None and st["phase"] == "refit" and saved is not None:
         sel = _select(ctx, None, saved)  # finished: rebuilt from the file, nothing trained

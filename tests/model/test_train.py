@@ -21,8 +21,10 @@ from hashrec.data.synthetic import SyntheticConfig, generate, write_csv
 from hashrec.index.retriever import Retriever
 from hashrec.model.baselines import popularity_topk
 from hashrec.model.config import ConfigError, TrainConfig
+from hashrec.model.distributed import Dist
 from hashrec.model.evaluate import score_modes
 from hashrec.model.metrics import recall_ndcg
+from hashrec.model.phase import Budget, Context, Outcome, _plan
 from hashrec.model.run import RunError, load_run
 from hashrec.model.train import read_selection, train
 
@@ -378,6 +380,34 @@ def test_time_budget_plans_the_schedule_and_is_never_overrun(small_csv: Path, tm
     assert select[-1]["planned_epochs"] < 500 and select[-1]["epoch"] <= select[-1]["planned_epochs"]
     assert sel["progress_at_epoch"][-1] > 0.5
     assert run.metrics[-1]["elapsed_s"] <= budget_s  # selection, validation and refit all inside it
+
+
+def _plan_after(
+    outcome: Outcome, budget_s: float, elapsed: float, refit_edges: float = 0.0, **kw: object
+) -> int:
+    budget = Budget(budget_s, start=time.perf_counter() - elapsed)
+    ctx = Context(
+        TrainConfig(DataConfig(path="-")), None, torch.device("cpu"), Dist(), Path("."), budget, refit_edges
+    )  # type: ignore[arg-type]
+    _plan(ctx, outcome, 10, **kw)  # type: ignore[arg-type]
+    return outcome.planned
+
+
+def test_the_plan_prices_the_latest_epoch_and_grows_only_before_pure_ste() -> None:
+    out = Outcome(epochs=1, train_s=[200.0])
+    assert _plan_after(out, 1000.0, 190.0, epoch_s=200.0, valid_s=0.0, grow=True) == 5  # 1 + 810 // 200
+    out.epochs, out.train_s = 2, [200.0, 100.0]  # the second epoch was cheaper (its heads on pure STE)
+    assert _plan_after(out, 1000.0, 290.0, epoch_s=100.0, valid_s=0.0, grow=False) == 5  # past pure STE: kept
+    assert _plan_after(out, 1000.0, 290.0, epoch_s=100.0, valid_s=0.0, grow=True) == 9  # 2 + 710 // 100
+    assert _plan_after(out, 1000.0, 950.0, epoch_s=100.0, valid_s=0.0, grow=True) == 2  # never below done
+
+
+def test_the_plan_leaves_room_for_the_refit_and_the_export() -> None:
+    out = Outcome(epochs=1, train_s=[90.0], deadline=500.0)  # the selection's half of a 1000 s budget
+    # selection alone would fit 1 + 405 // 100 = 5; with the refit (1.1x the edges) of every planned epoch
+    # and two validations of export: 4 (1000 - 95 - 99 - 20 = 786 s left, 199 s per planned epoch)
+    assert _plan_after(out, 1000.0, 95.0, 1.1, epoch_s=100.0, valid_s=10.0, grow=True) == 4
+    assert _plan_after(out, 1000.0, 95.0, 0.0, epoch_s=100.0, valid_s=10.0, grow=True) == 5
 
 
 _REALLOCATE = """
