@@ -39,7 +39,8 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   ``GET /livez`` (the floor), floor and target alternating, medians of pairs; target >= 0.5 on the
   setting the issue gives for it (a 6,000-user, 3,700-item bundle of random codes), reported on the
   Gowalla-shaped bundle too; an uncached server on each bundle, measured in the same turns, is the
-  reference (what the model alone costs against the floor).
+  reference (what the model alone costs against the floor), and a Redis-cached server whose redis-py
+  falls back to its pure-Python reply parser (hiredis hidden) shows what hiredis buys.
 - ``workers``: ``service.compare_workers`` (1 and 2 worker uncached servers up together, measured in
   turns): 2 vs 1 throughput, target >= 1.4x, and server CPU per request.
 
@@ -641,28 +642,43 @@ def _small_bundle(b: Bench) -> tuple[Path, Path, int]:
     return bundles, users_file, n_users
 
 
+def _without_hiredis(work: Path) -> str:
+    """A directory whose ``hiredis`` package fails to import: first on a server's PYTHONPATH, redis-py falls
+    back to its pure-Python reply parser (what the service used before it required hiredis)."""
+    pkg = work / "no-hiredis" / "hiredis"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text('raise ImportError("hidden by benchmarks/serving_limits.py")\n')
+    return str(pkg.parent)
+
+
 def _cold_pairs(b: Bench, name: str, bundles: Path, users_file: Path, n_users: int) -> dict[str, Any]:
-    """On one bundle: a Redis-cached server (every request a miss) and an uncached one, each against its
-    own floor (``GET /livez``) in alternating turns; ratios are medians over the pairs."""
+    """On one bundle: a Redis-cached server (every request a miss), the same with redis-py's pure-Python
+    parser instead of hiredis, and an uncached one, each against its own floor (``GET /livez``) in
+    alternating turns; ratios are medians over the pairs."""
     floor = bench.script(b.work, "floor", "")
     out: dict[str, Any] = {}
+    no_hiredis = _without_hiredis(b.work)
     with (
         bench.redis(b.work, f"redis-{name}") as rds,
         b.server(f"cold-{name}", 2, bundles, HASHREC_REDIS_URL=rds.url) as cold,
+        b.server(f"cold-py-{name}", 2, bundles, HASHREC_REDIS_URL=rds.url, PYTHONPATH=no_hiredis) as py,
         b.server(f"nocache-{name}", 2, bundles, HASHREC_CACHE="none") as bare,
     ):
-        runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {"redis": [], "none": []}
+        servers = {"redis": cold, "redis_python_parser": py, "none": bare}
+        runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {label: [] for label in servers}
         hits = misses = served = 0
         for run in range(b.d.repeats):
             log.info("cold cache (%s): round %d/%d", name, run + 1, b.d.repeats)
-            lua = _cold_script(b, users_file, n_users, run)  # keys no earlier request wrote: all misses
-            for label, srv in (("redis", cold), ("none", bare)):
+            turns = list(servers.items())
+            for label, srv in turns[run % 3 :] + turns[: run % 3]:  # the order rotates each round
+                # keys that no earlier request wrote (the two Redis servers share one Redis): all misses
+                lua = _cold_script(b, users_file, n_users, 2 * run + (label == "redis_python_parser"))
                 f = bench.wrk(srv, floor, b.d.wrk_s, b.args.connections, "/livez")
                 h0, m0 = _redis_hits(rds.url)
                 t = bench.wrk(srv, lua, b.d.wrk_s, b.args.connections)
                 h1, m1 = _redis_hits(rds.url)
                 runs[label].append((f, t))
-                if label == "redis":
+                if label != "none":
                     hits, misses, served = hits + h1 - h0, misses + m1 - m0, served + t["requests"]
         for label, pairs in runs.items():
             out[label] = {
@@ -699,6 +715,15 @@ def cold_cache(b: Bench) -> tuple[dict[str, Any], list[Row]]:
                 f"{rc['recommend']['rps']:.0f} / {rc['floor']['rps']:.0f} = {rc['ratio']:.2f}"
                 f" (p99 {ms(rc['recommend']['p99_ms'])})",
                 rc["ratio"] >= 0.5 if name == "small" else None,
+            )
+        )
+        rp = r["redis_python_parser"]
+        rows.append(
+            (
+                f"{label}: the same with redis-py's Python parser (no hiredis; reference, same run)",
+                f"{rp['recommend']['rps']:.0f} / {rp['floor']['rps']:.0f} = {rp['ratio']:.2f}"
+                f" (p99 {ms(rp['recommend']['p99_ms'])})",
+                None,
             )
         )
         rows.append(

@@ -502,8 +502,16 @@ class RedisCache:
             log.debug("closing Redis pool: %s", err)
 
     def state(self) -> dict[str, object]:
-        """Backend, breaker state, last error."""
-        return {"backend": self.backend, "breaker": self.breaker.state, "last_error": self._last_error}
+        """Backend, breaker state, last error, and redis-py's reply parser (``hiredis``, the C one the
+        package requires, or ``python`` where it could not be imported: a slower cache)."""
+        from redis.utils import HIREDIS_AVAILABLE
+
+        return {
+            "backend": self.backend,
+            "breaker": self.breaker.state,
+            "last_error": self._last_error,
+            "parser": "hiredis" if HIREDIS_AVAILABLE else "python",
+        }
 
 
 class TieredCache:

@@ -206,6 +206,8 @@ def test_redis_cache_round_trip_and_breaker_on_dead_redis(redis_server) -> None:
         cache = RedisCache(
             redis_server.url, ttl_s=30, timeout_s=0.05, pool_size=4, breaker=CircuitBreaker(3, 60), metrics=m
         )
+        # the install brings hiredis (redis[hiredis]): replies parsed in C, the cold cache's main cost
+        assert cache.state()["parser"] == "hiredis"
         await cache.set_many([("k1", b"v1")])
         await _stored(m, 1)
         assert await cache.get_many(["k1", "k2"]) == [b"v1", None]
