@@ -185,7 +185,7 @@ def test_code_negatives_subsample_only_the_code_heads_softmax(
         out = model(graph, tmp_path, code_negatives=n).loss(
             batch, 0.5, None, torch.Generator().manual_seed(1)
         )
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v.detach()) for k, v in out.items()}
 
     full, part = losses(16), losses(4)
     assert part["rerank_softmax"] == pytest.approx(full["rerank_softmax"])  # the re-rank head sees all 16
