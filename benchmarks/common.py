@@ -45,7 +45,8 @@ def report(title: str, table: str, payload: dict[str, Any], out: Path | None, co
     """Print ``title``, the machine and date, the command and ``table``; write ``payload`` to ``out``."""
     m = machine_info()
     print(f"## {title}\n")
-    print(f"{m['date']}, {m['cpu']} ({m['cores']} cores), Python {m['python']}. Command: `{command}`\n")
+    cpu = f"{m['cpu']} (family {m['cpu_family']} model {m['cpu_model']}, {m['widest_simd'] or 'no AVX'})"
+    print(f"{m['date']}, {cpu}, {m['cores']} cores, Python {m['python']}. Command: `{command}`\n")
     print(table)
     if out is not None:
         save_json(out, {"command": command, **payload})

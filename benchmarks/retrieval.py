@@ -16,7 +16,7 @@ Catalogues:
 Per catalogue, on one thread (FAISS OpenMP = 1), the methods interleaved (:func:`common.interleaved`):
 
 - **recall stage**: Hamming top-C (C = 1000) with our compiled scan (index/_scan.c, what the Retriever
-  uses for flat indexes), FAISS ``IndexBinaryFlat`` in heap mode and in counting mode (``use_heap =
+  uses for flat indexes; also its baseline build, what CPUs without AVX-512 VPOPCNTDQ run), FAISS ``IndexBinaryFlat`` in heap mode and in counting mode (``use_heap =
   False``), and ``IndexBinaryIVF`` at the smallest ``nprobe`` whose recall of the exact top-C (ties
   counted) reaches 0.99; against exact float top-k (``IndexFlatIP``);
 - **end to end** (k = 20, C = 1000, seen items excluded): the Retriever on the flat index (our scan), the
@@ -54,6 +54,7 @@ if _cpu_coretype() and _CORETYPE_BEFORE is None:
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import common  # noqa: E402
@@ -128,6 +129,20 @@ def smallest_nprobe(
     return chosen, sweep
 
 
+def baseline_build(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+    """``fn`` run with the kernel's baseline distance loop (one popcnt per word): what a CPU without
+    AVX-512 VPOPCNTDQ runs (on such a CPU both builds are this one)."""
+
+    def call(r: int) -> Any:
+        scan.use_vector_popcount(False)
+        try:
+            return fn(r)
+        finally:
+            scan.use_vector_popcount(True)
+
+    return call
+
+
 def recall_stage(cat: dict[str, Any], single: int, repeats: int) -> dict[str, Any]:
     """Hamming top-C (heap, counting, IVF) vs float top-k, per query and per batch."""
     item_z, q = cat["item_z"], cat["user_z"][cat["queries"]]
@@ -152,6 +167,8 @@ def recall_stage(cat: dict[str, Any], single: int, repeats: int) -> dict[str, An
         batch_fns[name] = lambda r, ix=index: ix.search(qcodes, C)
     single_fns["scan_kernel"] = lambda r: scan.topc(codes, one_codes[r % len(q)], C)
     batch_fns["scan_kernel"] = lambda r: scan.topc(codes, qcodes, C)
+    single_fns["scan_kernel_baseline"] = baseline_build(single_fns["scan_kernel"])
+    batch_fns["scan_kernel_baseline"] = baseline_build(batch_fns["scan_kernel"])
     return {
         "single_ms": common.interleaved(single_fns, single),
         "batch_ms": common.interleaved(batch_fns, repeats, per_call=len(q)),
@@ -196,18 +213,21 @@ def end_to_end(cat: dict[str, Any], ivf: dict[str, Any], single: int, repeats: i
         "retriever_faiss_flat": lambda r: library.recommend([users[r % len(qs)]], K, C),
         "retriever_ivf": lambda r: approx.recommend([users[r % len(qs)]], K, C),
     }
+    single_fns["retriever_flat_baseline"] = baseline_build(single_fns["retriever_flat"])
     batch_fns = {
         "exact_float": lambda r: flat.exact(vectors, K, exclude),
         "retriever_flat": lambda r: flat.recommend(users, K, C),
         "retriever_faiss_flat": lambda r: library.recommend(users, K, C),
         "retriever_ivf": lambda r: approx.recommend(users, K, C),
     }
+    batch_fns["retriever_flat_baseline"] = baseline_build(batch_fns["retriever_flat"])
     return {
         "single_ms": common.interleaved(single_fns, single),
         "batch_ms": common.interleaved(batch_fns, repeats, per_call=len(qs)),
         "recall_at_20": {
             "exact_float": 1.0,
             "retriever_flat": recall_at_k(flat),
+            "retriever_flat_baseline": recall_at_k(flat),
             "retriever_faiss_flat": recall_at_k(library),
             "retriever_ivf": recall_at_k(approx),
         },
@@ -217,6 +237,7 @@ def end_to_end(cat: dict[str, Any], ivf: dict[str, Any], single: int, repeats: i
 RECALL_LABELS = {
     "float_flat_ip": f"float IndexFlatIP, exact top-{K}",
     "scan_kernel": f"our scan (index/_scan.c, bundles' flat default), top-{C}",
+    "scan_kernel_baseline": f"our scan, baseline build (no vector popcount), top-{C}",
     "binary_flat_heap": f"FAISS IndexBinaryFlat, heap, top-{C}",
     "binary_flat_counting": f"FAISS IndexBinaryFlat, counting, top-{C}",
     "binary_ivf": f"FAISS IndexBinaryIVF, top-{C}",
@@ -224,6 +245,7 @@ RECALL_LABELS = {
 E2E_LABELS = {
     "exact_float": "exact float: every item scored (Retriever.exact)",
     "retriever_flat": "Retriever, binary flat (our scan) + re-rank",
+    "retriever_flat_baseline": "Retriever, binary flat (our scan, baseline build) + re-rank",
     "retriever_faiss_flat": "Retriever, binary flat (FAISS counting search) + re-rank",
     "retriever_ivf": "Retriever, binary IVF + re-rank",
 }
@@ -316,6 +338,7 @@ def main() -> int:
         "single": args.single,
         "repeats": args.repeats,
         "blas": blas,
+        "vector_popcount": scan.use_vector_popcount(True),  # this CPU runs the kernel's AVX-512 build
         "results": results,
     }
     common.report(

@@ -17,9 +17,12 @@
  * The GIL is released by ctypes during the call: several threads may scan at once (nothing is shared).
  *
  * Method: a histogram of a sample of the items guesses the distance t within which the c-th eligible item
- * lies; one pass over all items keeps the eligible ones within t (a compare per item, rarely taken), a
- * second pass with t = bits runs only when the guess was too small; a counting sort of the kept items
- * (already in id order) by distance gives the first c by (distance, id) with no comparison sort.
+ * lies; one pass over all items keeps the eligible ones within t (distances a block at a time, vectorised
+ * by the compiler, then a flag per item; only the rare flagged ones are copied), and when the guess was too
+ * small, passes with a wider t (t + 2, + 4, ...) follow; a counting sort of the kept items (already in id
+ * order) by distance gives the first c by (distance, id) with no comparison sort.
+ *
+ * Also exported: hamming_use_vector_popcount (which build of the distance loop runs; tests check both).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,22 +47,84 @@ static inline int hamming(const uint8_t *a, const uint8_t *b, int64_t n) {
     return d;
 }
 
-/* Hamming distance of a code to q, for code sizes known at compile time (unrolled) or not. */
-#define DIST(items, i, q, N) hamming((items) + (i) * (N), (q), (N))
+
+/* Distances of n consecutive codes to q, into d: a loop with no branch, so that the compiler vectorises it
+ * where the CPU has a vector popcount. It is compiled twice, once for the baseline (one popcnt per word) and
+ * once with AVX-512 VPOPCNTDQ (eight 64-bit codes per instruction); distances() points to the one this CPU
+ * runs, chosen once when the library loads. */
+static inline __attribute__((always_inline)) void distances_body(const uint8_t *codes, int64_t n,
+                                                                 int64_t code_size, const uint8_t *q,
+                                                                 uint16_t *restrict d) {
+    if (code_size == 8) { /* 64-bit codes, the default: one word per code */
+        uint64_t qw;
+        memcpy(&qw, q, 8);
+        for (int64_t i = 0; i < n; i++) {
+            uint64_t x;
+            memcpy(&x, codes + 8 * i, 8);
+            d[i] = (uint16_t)__builtin_popcountll(x ^ qw);
+        }
+        return;
+    }
+    /* other sizes: a constant width where it is a common one, so the compiler unrolls the words */
+    if (code_size == 16)
+        for (int64_t i = 0; i < n; i++) d[i] = (uint16_t)hamming(codes + 16 * i, q, 16);
+    else if (code_size == 32)
+        for (int64_t i = 0; i < n; i++) d[i] = (uint16_t)hamming(codes + 32 * i, q, 32);
+    else
+        for (int64_t i = 0; i < n; i++) d[i] = (uint16_t)hamming(codes + i * code_size, q, code_size);
+}
+
+typedef void (*distances_fn)(const uint8_t *, int64_t, int64_t, const uint8_t *, uint16_t *restrict);
+
+static void distances_baseline(const uint8_t *codes, int64_t n, int64_t code_size, const uint8_t *q,
+                               uint16_t *restrict d) {
+    distances_body(codes, n, code_size, q, d);
+}
+
+static distances_fn distances = distances_baseline;
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512vpopcntdq"))) static void distances_vpopcnt(
+    const uint8_t *codes, int64_t n, int64_t code_size, const uint8_t *q, uint16_t *restrict d) {
+    distances_body(codes, n, code_size, q, d);
+}
+
+static int has_vpopcnt(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw");
+}
+#else
+#define distances_vpopcnt distances_baseline
+static int has_vpopcnt(void) { return 0; }
+#endif
+
+/* Use the vector popcount when `enable` and the CPU has it, else the baseline; returns whether the vector
+ * one is in use. Called once when the library loads (enabled); tests call it to check both builds. */
+int hamming_use_vector_popcount(int enable) {
+    int on = enable && has_vpopcnt();
+    distances = on ? distances_vpopcnt : distances_baseline;
+    return on;
+}
+
+__attribute__((constructor)) static void pick_distances(void) { hamming_use_vector_popcount(1); }
+
+#define BLOCK 1024 /* codes per distances() call: its output stays in L1 */
 
 /* A guess t of the distance within which the query's c-th eligible item lies, from a histogram of a sample
  * of the items (every item when there are few); `eligible` is the share of items that may be returned.
- * A guess too small is caught by the caller (fewer than c found: rescan with t = bits); too large only
+ * A guess too small is caught by the caller (fewer than c found: widen t and rescan); too large only
  * costs candidates. */
 static int guess_threshold(const uint8_t *items, int64_t n_items, int64_t code_size, const uint8_t *q,
-                           int64_t c, int64_t n_excl, double eligible, int bits, int64_t *hist) {
+                           int64_t c, int64_t n_excl, double eligible, int bits, int64_t *hist, uint16_t *d) {
     const int64_t run = 64, want_sample = 2048;
     int64_t stride = n_items > want_sample ? (n_items / want_sample) * run : run; /* one run per stride */
     int64_t sampled = 0;
     memset(hist, 0, (size_t)(bits + 2) * sizeof(int64_t));
     for (int64_t lo = 0; lo < n_items; lo += stride) {
         int64_t hi = lo + run < n_items ? lo + run : n_items;
-        for (int64_t i = lo; i < hi; i++) hist[DIST(items, i, q, code_size)]++;
+        distances(items + lo * code_size, hi - lo, code_size, q, d);
+        for (int64_t i = 0; i < hi - lo; i++) hist[d[i]]++;
         sampled += hi - lo;
     }
     if (sampled >= n_items) eligible = eligible > 0 ? eligible : 1e-9;
@@ -76,33 +141,34 @@ static int guess_threshold(const uint8_t *items, int64_t n_items, int64_t code_s
 }
 
 /* Appends (id, distance) of every eligible item within distance t, in id order; returns their number.
- * Items go four at a time with one branch for the four (almost always not taken): the loop is bound by
- * branches, not by popcounts, otherwise. */
+ * Per block: the distances (distances()), then one flag per item, "within t and eligible" (loops with no
+ * branch, which the compiler vectorises on any x86-64); the flags are read eight at a time as one word and
+ * only the rare non-zero words are walked. (A branch per item, or per four items, cost more
+ * than the whole scan.) */
 static int64_t collect(const uint8_t *items, int64_t n_items, int64_t code_size, const uint8_t *q, int t,
-                       const uint8_t *out, const uint8_t *allow, uint32_t *cid, uint16_t *cd) {
-    int64_t m = 0, i = 0;
-#define KEEP(j, d)                                                                   \
-    cid[m] = (uint32_t)(j), cd[m] = (uint16_t)(d);                                   \
-    m += ((d) <= t) & !out[j] & (allow ? allow[j] != 0 : 1); /* branch-free: clustered codes pass often */
-#define COLLECT(N)                                                                   \
-    for (; i + 4 <= n_items; i += 4) {                                               \
-        int d0 = DIST(items, i, q, N), d1 = DIST(items, i + 1, q, N);                \
-        int d2 = DIST(items, i + 2, q, N), d3 = DIST(items, i + 3, q, N);            \
-        if (((d0 <= t) | (d1 <= t) | (d2 <= t) | (d3 <= t)) == 0) continue;          \
-        KEEP(i, d0) KEEP(i + 1, d1) KEEP(i + 2, d2) KEEP(i + 3, d3)                  \
-    }                                                                                \
-    for (; i < n_items; i++) {                                                       \
-        int d = DIST(items, i, q, N);                                                \
-        KEEP(i, d)                                                                   \
+                       const uint8_t *out, const uint8_t *allow, uint32_t *cid, uint16_t *cd, uint16_t *d) {
+    int64_t m = 0;
+    const uint16_t tt = (uint16_t)t;
+    uint8_t flag[BLOCK];
+    for (int64_t lo = 0; lo < n_items; lo += BLOCK) {
+        int64_t len = n_items - lo < BLOCK ? n_items - lo : BLOCK;
+        distances(items + lo * code_size, len, code_size, q, d);
+        const uint8_t *o = out + lo;
+        if (allow) {
+            const uint8_t *a = allow + lo;
+            for (int64_t j = 0; j < len; j++) flag[j] = (uint8_t)((d[j] <= tt) & (o[j] == 0) & (a[j] != 0));
+        } else {
+            for (int64_t j = 0; j < len; j++) flag[j] = (uint8_t)((d[j] <= tt) & (o[j] == 0));
+        }
+        for (int64_t j = len; j < (len + 7) / 8 * 8; j++) flag[j] = 0; /* the last word's padding */
+        for (int64_t j = 0; j < len; j += 8) {
+            uint64_t w;
+            memcpy(&w, flag + j, 8);
+            if (!w) continue;
+            for (int64_t k = j; k < j + 8; k++) /* branch-free: written always, counted when flagged */
+                cid[m] = (uint32_t)(lo + k), cd[m] = d[k], m += flag[k];
+        }
     }
-    switch (code_size) {
-        case 8: COLLECT(8); break;
-        case 16: COLLECT(16); break;
-        case 32: COLLECT(32); break;
-        default: COLLECT(code_size); break;
-    }
-#undef COLLECT
-#undef KEEP
     return m;
 }
 
@@ -112,8 +178,9 @@ int hamming_topc(const uint8_t *items, int64_t n_items, int64_t code_size, const
     const int bits = (int)(8 * code_size);
     if (code_size < 1 || bits + 1 > UINT16_MAX || c < 0 || n_items > (int64_t)UINT32_MAX) return -1;
     size_t n = (size_t)(n_items > 0 ? n_items : 1);
-    uint32_t *cid = malloc(n * sizeof(uint32_t));
-    uint16_t *cd = malloc(n * sizeof(uint16_t));
+    /* kept candidates; 8 spare slots: collect() writes a whole word of eight before counting them */
+    uint32_t *cid = malloc((n + 8) * sizeof(uint32_t));
+    uint16_t *cd = malloc((n + 8) * sizeof(uint16_t));
     uint8_t *out = calloc(n, 1); /* 1 = excluded for the current query (set, then cleared, per query) */
     int64_t *hist = malloc((size_t)(bits + 2) * sizeof(int64_t));
     int64_t *slot = malloc((size_t)(bits + 2) * sizeof(int64_t));
@@ -121,6 +188,7 @@ int hamming_topc(const uint8_t *items, int64_t n_items, int64_t code_size, const
         free(cid), free(cd), free(out), free(hist), free(slot);
         return -1;
     }
+    uint16_t d[BLOCK]; /* one block's distances */
     double eligible = 1.0;
     if (allow) {
         int64_t a = 0;
@@ -134,9 +202,12 @@ int hamming_topc(const uint8_t *items, int64_t n_items, int64_t code_size, const
         int64_t e0 = excl_ptr && excl_ids ? excl_ptr[q] : 0, e1 = excl_ptr && excl_ids ? excl_ptr[q + 1] : 0;
         for (int64_t e = e0; e < e1; e++)
             if (excl_ids[e] >= 0 && excl_ids[e] < n_items) out[excl_ids[e]] = 1;
-        int t = guess_threshold(items, n_items, code_size, qc, c, e1 - e0, eligible, bits, hist);
-        int64_t m = collect(items, n_items, code_size, qc, t, out, allow, cid, cd);
-        if (m < c && t < bits) m = collect(items, n_items, code_size, qc, bits, out, allow, cid, cd);
+        int t = guess_threshold(items, n_items, code_size, qc, c, e1 - e0, eligible, bits, hist, d);
+        int64_t m = collect(items, n_items, code_size, qc, t, out, allow, cid, cd, d);
+        for (int step = 2; m < c && t < bits; step *= 2) { /* the guess was too small: widen it and rescan */
+            t = t + step < bits ? t + step : bits;
+            m = collect(items, n_items, code_size, qc, t, out, allow, cid, cd, d);
+        }
         for (int64_t e = e0; e < e1; e++)
             if (excl_ids[e] >= 0 && excl_ids[e] < n_items) out[excl_ids[e]] = 0;
         /* counting sort of the candidates (already in id order) by distance: the first c */

@@ -279,6 +279,8 @@ class Retriever:
         c = cand.shape[1]
         k = min(int(k), c)
         scores, ids = self._inner_topk(vectors, cand, min(k + 1, c))
+        if np.all(scores[:, :-1] > scores[:, 1:]):  # strictly decreasing (FAISS's order, no tie): done
+            return scores[:, :k], ids[:, :k]
         scores, ids = _by_score_then_id(scores, ids)
         if k < c:
             for r in np.flatnonzero((scores[:, k - 1] == scores[:, k]) & (ids[:, k] >= 0)):
@@ -547,8 +549,6 @@ def _first_kept(
 
 def _by_score_then_id(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows sorted by (score desc, id asc), empty slots (id -1) last."""
-    if np.all(scores[:, :-1] > scores[:, 1:]):  # strictly decreasing (FAISS's order, no tie): nothing to do
-        return scores, ids
     order = np.lexsort((np.where(ids < 0, _NO_ID, ids), -scores), axis=1)
     rows = np.arange(len(ids))[:, None]
     return scores[rows, order], ids[rows, order]

@@ -29,9 +29,19 @@ _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _fn.argtypes = [_p, _i64, _i64, _p, _i64, _p, _p, _p, _i64, _p, _p]
 _fn.restype = ctypes.c_int
+_vector = _lib.hamming_use_vector_popcount
+_vector.argtypes = [ctypes.c_int]
+_vector.restype = ctypes.c_int
 
 # below this many queries per thread, a thread pool costs more than it saves
 _ROWS_PER_THREAD = 64
+
+
+def use_vector_popcount(enable: bool) -> bool:
+    """Run the AVX-512 VPOPCNTDQ build of the kernel's distance loop when ``enable`` and the CPU has it
+    (the default, set when the library loads), else the baseline build; returns whether the vector one runs.
+    Process-wide: for tests, which check both builds against brute force."""
+    return bool(_vector(int(enable)))
 
 
 @functools.cache
@@ -63,9 +73,11 @@ def exclusions_csr(exclude: Sequence[np.ndarray] | None, n: int) -> tuple[np.nda
         return None
     if len(exclude) != n:
         raise ValueError(f"exclude has {len(exclude)} rows, the query {n}")
+    if n == 1:  # one user (the serving case): its row as it is
+        return np.array([0, len(exclude[0])], np.int64), np.ascontiguousarray(exclude[0], dtype=np.int64)
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.fromiter(map(len, exclude), np.int64, n), out=indptr[1:])
-    ids = exclude[0] if n == 1 else np.concatenate(exclude) if n else np.zeros(0, np.int64)
+    ids = np.concatenate(exclude) if n else np.zeros(0, np.int64)
     return indptr, np.ascontiguousarray(ids, dtype=np.int64)
 
 

@@ -53,5 +53,7 @@ def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ``a`` [..., K/8] and ``b`` [..., K/8] uint8; the result drops the last axis. Not a search: it compares
     the pairs it is given (checks and tests use it to verify what an index returned).
     """
-    x = np.bitwise_xor(np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8))
-    return np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
+    a, b = np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8)
+    if a.shape[-1] % 8 == 0 and a.strides[-1] == 1 and b.strides[-1] == 1:  # whole words: 8x fewer ops
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)

@@ -15,17 +15,22 @@ from typing import Any
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on: CPU model, core count, Python, platform, date (UTC)."""
-    cpu = platform.processor() or ""
+    """What the numbers were measured on: CPU model (with its family and model numbers, which tell CPU
+    generations apart where the model name does not, and its widest SIMD extension of those our kernel
+    cares about), core count, Python, platform, date (UTC)."""
+    info: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's fields
+            key, _, value = (part.strip() for part in line.partition(":"))
+            info.setdefault(key, value)
     except OSError:
         pass
+    flags = set(info.get("flags", "").split())
     return {
-        "cpu": cpu,
+        "cpu": info.get("model name") or platform.processor(),
+        "cpu_family": info.get("cpu family", ""),
+        "cpu_model": info.get("model", ""),
+        "widest_simd": next((f for f in ("avx512_vpopcntdq", "avx512f", "avx2") if f in flags), ""),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
