@@ -11,6 +11,15 @@ answered as a miss. After ``breaker_failures`` consecutive failures the breaker 
 ``breaker_reset_s`` no request touches Redis (``result="skipped"``), so a dead or stalled Redis costs no
 timeout per request; then one trial call decides whether to close it again.
 
+Cold-cache read bypass: when Redis has answered almost nothing but misses lately (a hit rate below
+``bypass_below``, a moving average over the looked-up keys: the state after each roll-out, or traffic
+with no repeats), look-ups are answered as misses without waiting for Redis (``result="bypassed"``) and
+their answers computed, as a miss's would be; one look-up in :data:`BYPASS_SAMPLE` still goes to Redis,
+in the background, only to keep measuring the hit rate (a request that waited for it would wait for
+Redis to get a CPU on a saturated machine: p99 doubled on 2 cores). Nothing is lost but a rare hit: an
+answer is a function of its key, so a computed one equals the cached one. Once the hit rate is back
+above ``bypass_below`` every look-up asks Redis again. Writes are never bypassed: they warm the cache.
+
 Expiry is spread out: each entry lives a TTL drawn uniformly from ``[ttl * (1 - jitter), ttl]``, so answers
 cached together (a warm-up, the minutes after a reload) do not all expire together.
 
@@ -43,6 +52,10 @@ _MAX_KEYS_PER_MGET = 512
 _SET_MANY_LUA = "for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'PX', ARGV[2 * i]) end"
 # what an LRU entry costs beside its key and value bytes (dict slot, OrderedDict links, tuple, floats)
 _ENTRY_OVERHEAD = 200
+# while the hit rate is below the bypass threshold, one look-up in this many still asks Redis
+BYPASS_SAMPLE = 8
+# weight of one looked-up key in the moving hit rate (about the last 200 keys count)
+_HIT_RATE_WEIGHT = 1 / 200
 
 
 def jittered_ttl(ttl_s: float, jitter: float, rand: Callable[[], float] = random.random) -> float:
@@ -300,6 +313,7 @@ class RedisCache:
         breaker: CircuitBreaker,
         metrics: ServiceMetrics | None = None,
         ttl_jitter: float = 0.0,
+        bypass_below: float = 0.0,
     ) -> None:
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
@@ -332,6 +346,12 @@ class RedisCache:
         self._linger: asyncio.TimerHandle | None = None
         self._set_many = self._redis.register_script(_SET_MANY_LUA)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.bypass_below = bypass_below  # 0: every look-up asks Redis
+        self.hit_rate = 1.0  # moving average over looked-up keys; starts warm, so a new process asks first
+        self._passed_by = 0
+        # keys of probes in flight -> whether this process wrote them meanwhile (the probe may leave after
+        # its request's own answer was written: that hit says nothing about the cache's warmth)
+        self._probing: dict[str, bool] = {}
 
     def _count(self, op: str, result: str, n: int = 1) -> None:
         if self._metrics is not None and n:
@@ -370,6 +390,14 @@ class RedisCache:
             self._count("get", "skipped", len(keys))
             return [None] * len(keys)
         fut: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        if self.hit_rate < self.bypass_below:  # a cold cache: see the module docstring
+            self._count("get", "bypassed", len(keys))
+            self._passed_by += 1
+            if self._passed_by % BYPASS_SAMPLE == 0:  # a probe: its answer only updates the hit rate
+                self._probing.update(dict.fromkeys(keys, False))
+                self._waiting.append((list(keys), fut))
+                self._kick()
+            return [None] * len(keys)
         self._waiting.append((list(keys), fut))
         self._kick()
         # a cancelled request cancels only its own wait: the MGET it joined completes for the others
@@ -408,7 +436,17 @@ class RedisCache:
             hits = sum(v is not None for v in values)
             self._count("get", "hit", hits)
             self._count("get", "miss", len(keys) - hits)
+            # the moving hit rate, as if updated key by key: the batch's share of hits (not counting probes
+            # that found their own request's answer), weighted by its size
+            own = sum(
+                v is not None and self._probing.get(k, False) for k, v in zip(keys, values, strict=True)
+            )
+            weight = 1.0 - (1.0 - _HIT_RATE_WEIGHT) ** len(keys)
+            self.hit_rate += weight * ((hits - own) / len(keys) - self.hit_rate)
         finally:
+            if self._probing:
+                for k in keys:
+                    self._probing.pop(k, None)
             pos = 0
             for ks, fut in batch:  # every waiting request gets an answer, whatever happened above
                 if not fut.done():
@@ -428,6 +466,10 @@ class RedisCache:
         if self.breaker.state == "open" or len(self._writes) >= self.max_queued_writes:
             self._count("set", "skipped", len(items))
             return
+        if self._probing:
+            for key, _value in items:
+                if key in self._probing:
+                    self._probing[key] = True
         self._writes.extend(items)
         if len(self._writes) >= _MAX_KEYS_PER_MGET:
             self._kick_writes()
@@ -490,6 +532,7 @@ class RedisCache:
             if not fut.done():
                 fut.set_result([None] * len(keys))
         self._writes.clear()
+        self._probing.clear()
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -511,6 +554,8 @@ class RedisCache:
             "breaker": self.breaker.state,
             "last_error": self._last_error,
             "parser": "hiredis" if HIREDIS_AVAILABLE else "python",
+            "hit_rate": round(self.hit_rate, 4),
+            "reads": "sampled (cold cache)" if self.hit_rate < self.bypass_below else "all",
         }
 
 
@@ -578,14 +623,25 @@ def make_cache(
     near_bytes: int = 0,
     metrics: ServiceMetrics | None = None,
     ttl_jitter: float = 0.0,
+    bypass_below: float = 0.0,
 ) -> AnswerCache:
     """Build the configured cache (``redis``, ``memory`` or ``none``); ``near_bytes`` > 0 puts an
-    in-process LRU of that size in front of Redis."""
+    in-process LRU of that size in front of Redis; ``bypass_below``: the cold-cache read bypass's hit-rate
+    threshold (0: off)."""
     if backend == "redis":
         if not redis_url:
             raise ValueError("redis cache needs a redis_url")
         breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
-        far = RedisCache(redis_url, ttl_s, timeout_s, pool_size, breaker, metrics, ttl_jitter=ttl_jitter)
+        far = RedisCache(
+            redis_url,
+            ttl_s,
+            timeout_s,
+            pool_size,
+            breaker,
+            metrics,
+            ttl_jitter=ttl_jitter,
+            bypass_below=bypass_below,
+        )
         if near_bytes > 0:
             return TieredCache(LruCache(near_bytes, ttl_s, metrics, ttl_jitter=ttl_jitter), far)
         return far

@@ -104,6 +104,7 @@ async def open_context(
         pool_size=settings.redis_pool_size,
         breaker_failures=settings.breaker_failures,
         breaker_reset_s=settings.breaker_reset_s,
+        bypass_below=settings.cache_bypass_below,
         metrics=metrics,
     )
     executor = ThreadPoolExecutor(settings.compute_threads, thread_name_prefix="hashrec-model")

@@ -70,7 +70,8 @@ class ServiceMetrics:
         )
         self.cache = Counter(
             "hashrec_cache_requests",
-            "Cache look-ups and writes by backend and result (hit, miss, error, skipped = breaker open, ok)",
+            "Cache look-ups and writes by backend and result (hit, miss, error, skipped = breaker open, "
+            "bypassed = a cold cache's look-up answered as a miss without asking, ok)",
             ["backend", "op", "result"],
             registry=r,
         )

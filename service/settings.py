@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         ge=0,
         description="bytes of the in-process LRU kept in front of Redis (0 = every hit goes to Redis)",
     )
+    cache_bypass_below: float = Field(
+        default=0.02,
+        ge=0,
+        lt=1,
+        description="while Redis's hit rate is below this, only 1 look-up in 8 asks it, the others are "
+        "computed (a cold cache after a roll-out); 0 = every look-up asks",
+    )
     redis_timeout_s: float = Field(default=0.05, gt=0, le=10, description="socket + connect timeout")
     redis_pool_size: int = Field(default=32, ge=1)
     breaker_failures: int = Field(default=3, ge=1, description="consecutive failures that open the breaker")

@@ -376,3 +376,85 @@ def test_a_lone_write_leaves_after_the_linger(redis_server) -> None:  # type: ig
     stats = r.info("commandstats")["cmdstat_evalsha"]
     # one write command; the first EVALSHA of a new Redis fails (NOSCRIPT) and redis-py loads the script
     assert stats["calls"] - stats.get("failed_calls", 0) == 1, stats
+
+
+def test_a_cold_cache_stops_waiting_for_redis_until_hits_return(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Lots of misses (a cold cache) drop the moving hit rate below the threshold: then look-ups read as
+    misses at once, and only 1 in BYPASS_SAMPLE reaches Redis, in the background (Redis's own miss count
+    says so); hits of those probes bring the rate back up and every look-up asks again. Writes go through
+    all along."""
+    from hashrec.service.cache import BYPASS_SAMPLE
+
+    m = ServiceMetrics()
+    info = redis.Redis.from_url(redis_server.url)
+
+    def redis_misses() -> int:
+        return int(info.info("stats")["keyspace_misses"])
+
+    def bypassed() -> float:
+        labels = {"backend": "redis", "op": "get", "result": "bypassed"}
+        return m.registry.get_sample_value("hashrec_cache_requests_total", labels) or 0.0
+
+    async def run() -> None:
+        cache = RedisCache(redis_server.url, 30, 2.0, 4, CircuitBreaker(3, 5), metrics=m, bypass_below=0.05)
+        n = 0
+        while cache.state()["reads"] == "all":  # a fresh cache asks Redis about every key
+            n += 1
+            assert await cache.get_many([f"cold-{n}"]) == [None]
+            assert n < 2000, "the hit rate never fell below the threshold"
+        assert n > 100 and bypassed() == 0  # the rate starts warm: a few misses do not make a cache cold
+        before = redis_misses()
+        for i in range(10 * BYPASS_SAMPLE):
+            assert await cache.get_many([f"colder-{i}"]) == [None]  # answered without a round trip
+            await asyncio.sleep(0.002)  # the loop turns (as a server's does): the probes run
+        assert redis_misses() - before == 10 and bypassed() == 10 * BYPASS_SAMPLE
+        # the cache warms up (writes were never bypassed); the probes find answers, which lifts the rate
+        # back above the threshold within a few dozen hits
+        keys = [f"warm-{i}" for i in range(800)]
+        await cache.set_many([(k, b"answer") for k in keys])
+        await _stored(m, len(keys))
+        looked = 0
+        while cache.state()["reads"] != "all":
+            assert await cache.get_many([keys[looked]]) == [None]
+            await asyncio.sleep(0.002)
+            looked += 1
+            assert looked < len(keys), "hits did not bring the reads back"
+        assert await cache.get_many(keys[-3:]) == [b"answer"] * 3  # every look-up asks again
+        await cache.close()
+
+    asyncio.run(run())
+
+
+def test_a_probe_that_finds_its_own_answer_is_not_a_hit(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A probe may leave after its request's answer was written (the MGET queue was busy): Redis then finds
+    the key, but that hit says nothing about a warm cache, so the hit rate does not rise."""
+    from hashrec.service.cache import BYPASS_SAMPLE
+
+    m = ServiceMetrics()
+    info = redis.Redis.from_url(redis_server.url)
+
+    def redis_hits() -> int:
+        return int(info.info("stats")["keyspace_hits"])
+
+    async def run() -> None:
+        cache = RedisCache(redis_server.url, 30, 2.0, 4, CircuitBreaker(3, 5), metrics=m, bypass_below=0.05)
+        cache.hit_rate = 0.0  # cold (how it gets there: the test above)
+        cache.max_fetches = 0  # hold the MGETs: the probe waits while its request's answer is written
+        keys = [f"own-{i}" for i in range(BYPASS_SAMPLE)]
+        for k in keys:  # the last of these is a probe
+            assert await cache.get_many([k]) == [None]
+        await cache.set_many([(k, b"answer") for k in keys])
+        await _stored(m, len(keys))
+        hits = redis_hits()
+        cache.max_fetches = 1
+        for i in range(BYPASS_SAMPLE):  # the next probe sets the held one off too
+            assert await cache.get_many([f"other-{i}"]) == [None]
+        deadline = time.monotonic() + 10
+        while redis_hits() == hits:
+            assert time.monotonic() < deadline, "the held probe never reached Redis"
+            await asyncio.sleep(0.01)
+        assert redis_hits() == hits + 1  # Redis found the probe's own key ...
+        assert cache.hit_rate == 0.0  # ... which is not counted as a warm cache
+        await cache.close()
+
+    asyncio.run(run())
