@@ -171,8 +171,9 @@ class Settings(BaseSettings):
         default=0.02,
         ge=0,
         lt=1,
-        description="while Redis's hit rate is below this, only 1 look-up in 8 asks it, the others are "
-        "computed (a cold cache after a roll-out); 0 = every look-up asks",
+        description="while Redis's moving hit rate is below this (a cold cache, after a roll-out), look-ups "
+        "read as misses without waiting for Redis and 1 in 8 probes it in the background; 0 = every look-up "
+        "asks",
     )
     redis_timeout_s: float = Field(default=0.05, gt=0, le=10, description="socket + connect timeout")
     redis_pool_size: int = Field(default=32, ge=1)
