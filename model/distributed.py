@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -28,6 +29,9 @@ from hashrec.data import UserError
 from hashrec.model.run import RunError
 
 log = logging.getLogger(__name__)
+
+# how long a rank that ends cleanly waits for the others before it leaves the process group
+CLOSE_WAIT = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,21 @@ class Dist:
         dist.all_gather_object(out, value)
         return out
 
-    def close(self) -> None:
-        """Leave the process group (idempotent)."""
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group (idempotent). After a ``clean`` end the ranks first wait for each other
+        (at most :data:`CLOSE_WAIT`): a rank that tore its connections down while its peer was still on
+        its way out was aborted by gloo under load ("terminate called without an active exception", seen
+        in a CI run on a busy machine). After an error no rank waits (its peers may never arrive)."""
+        if not (self.enabled and dist.is_initialized()):
+            return
+        if clean:
+            try:
+                work = dist.barrier(async_op=True)
+                if work is not None:
+                    work.wait(timeout=CLOSE_WAIT)
+            except Exception as err:  # a peer that failed or hung: leave without it
+                log.warning("leaving the process group without the other ranks: %s", err)
+        dist.destroy_process_group()
 
 
 def setup(device: torch.device) -> Dist:

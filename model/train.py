@@ -344,9 +344,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, for
     dist = setup(device)
     device = local_device(device)
     try:
-        return _train(cfg, out, device, dist, resume, force)
-    finally:
-        dist.close()
+        run_dir = _train(cfg, out, device, dist, resume, force)
+    except BaseException:
+        dist.close(clean=False)
+        raise
+    dist.close()
+    return run_dir
 
 
 def _train(cfg: TrainConfig, out: Path, device: torch.device, dist: Dist, resume: bool, force: bool) -> Path:
