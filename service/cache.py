@@ -389,19 +389,22 @@ class RedisCache:
         if self.breaker.state == "open":
             self._count("get", "skipped", len(keys))
             return [None] * len(keys)
-        fut: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
         if self.hit_rate < self.bypass_below:  # a cold cache: see the module docstring
             self._count("get", "bypassed", len(keys))
             self._passed_by += 1
             if self._passed_by % BYPASS_SAMPLE == 0:  # a probe: its answer only updates the hit rate
                 self._probing.update(dict.fromkeys(keys, False))
-                self._waiting.append((list(keys), fut))
-                self._kick()
+                self._enqueue(keys)
             return [None] * len(keys)
+        # a cancelled request cancels only its own wait: the MGET it joined completes for the others
+        return await self._enqueue(keys)
+
+    def _enqueue(self, keys: Sequence[str]) -> asyncio.Future[list[bytes | None]]:
+        """Queue ``keys`` for the next coalesced MGET; the future gets their values."""
+        fut: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
         self._waiting.append((list(keys), fut))
         self._kick()
-        # a cancelled request cancels only its own wait: the MGET it joined completes for the others
-        return await fut
+        return fut
 
     def _kick(self) -> None:
         while self._fetching < self.max_fetches and self._waiting:
