@@ -584,8 +584,10 @@ def export(b: Bench) -> tuple[dict[str, Any], list[Row]]:
     during = summarise(res, start, end)
     idle_before = summarise(before_res, t0, t0 + b.d.export_idle_s)
     idle_after = summarise(after_res, t1, t1 + b.d.export_idle_s)
-    # both windows' answers pooled (the window between them holds none of these results)
+    # both windows' answers pooled (the window between them holds none of these results); its span includes
+    # the exports, so rates are told per window only (idle_before, idle_after)
     idle = summarise(merge([before_res, after_res]), t0, t1 + b.d.export_idle_s)
+    idle.update(offered_rps=None, sent_rps=None)
     ratio = during["p99_ms"] / idle["p99_ms"] if during["p99_ms"] and idle["p99_ms"] else None
     rows_total = sum(s.get("rows", 0) for s in streams)
     ok = all(not s["error"] for s in streams)
