@@ -279,7 +279,7 @@ class Retriever:
         c = cand.shape[1]
         k = min(int(k), c)
         scores, ids = self._inner_topk(vectors, cand, min(k + 1, c))
-        if np.all(scores[:, :-1] > scores[:, 1:]):  # strictly decreasing (FAISS's order, no tie): done
+        if (scores[:, :-1] > scores[:, 1:]).all():  # strictly decreasing (FAISS's order, no tie): done
             return scores[:, :k], ids[:, :k]
         scores, ids = _by_score_then_id(scores, ids)
         if k < c:
@@ -329,8 +329,10 @@ class Retriever:
         if self.observe is not None:
             self.observe("recall", t1 - t0)
             self.observe("rerank", time.perf_counter() - t1)
-        ham = distances(np.asarray(codes, np.uint8)[:, None, :], self.bundle.item_codes[np.maximum(top, 0)])
-        return top, scores, np.where(top >= 0, ham, self.bits + 1).astype(np.int32)
+        ham = distances(np.asarray(codes, np.uint8)[:, None, :], self.bundle.item_codes[top])
+        if top.size and top[:, -1].min() < 0:  # empty slots (id -1, at the ends of rows) read the last item
+            ham[top < 0] = self.bits + 1
+        return top, scores, ham
 
     def exact(
         self, vectors: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
@@ -475,7 +477,7 @@ class Retriever:
         top, scores, ham = self.search(codes, vectors, k, candidates, exclude, allow)
         # empty slots (id -1) come last in every row, so each answer is a prefix of its row: convert the
         # arrays to Python lists once (tolist: the element loop in C) and slice them per row
-        lens = np.count_nonzero(top >= 0, axis=1).tolist()
+        lens = (top >= 0).sum(axis=1).tolist()
         items = self.bundle.items.raw[np.maximum(top, 0)].tolist()
         score_rows, ham_rows = scores.tolist(), ham.tolist()
         return [
