@@ -6,7 +6,8 @@
   on validation): a LightGCN-style propagation encoder over ID embeddings warm-started from a truncated SVD,
   64-bit codes from a code head and 64-d re-rank vectors from a re-rank head, a sampled softmax beside the
   paper's two losses, the code head distilled from the re-rank head, big batches, a cosine learning rate,
-  then a refit on train + validation for the selected number of epochs;
+  then a refit on train + validation for the selected number of epochs, served together with the
+  selected model (the sum of their re-rank scores);
 - ``paper`` = :data:`PAPER`, a small override: the settings of HashGNN's official code, each commented.
 
 Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError` naming the field, before
@@ -25,9 +26,10 @@ from hashrec.data import DataConfig, DataError
 
 PRESETS = ("paper", "default")
 
-# Fields that change how fast or where a run goes, not what it computes: a checkpoint stays valid when
-# they change (``--resume --threads 4`` is fine). Everything else is part of the config fingerprint.
-RUNTIME_FIELDS = frozenset({"device", "threads", "time_budget_min", "progress"})
+# Fields that change how fast or where a run goes, or what is exported from its checkpoints, not what it
+# trains: a checkpoint stays valid when they change (``--resume --threads 4`` is fine). Everything else is
+# part of the config fingerprint.
+RUNTIME_FIELDS = frozenset({"device", "threads", "time_budget_min", "progress", "serve_both"})
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "preset": PRESETS,
@@ -151,6 +153,9 @@ class TrainConfig:
         patience: stop after this many validations without improvement (0 = never stop early).
         refit: once the best epoch is known, train again on train + validation for that many epochs (same
             schedule, same seed) and serve that model.
+        serve_both: with a refit, serve the refit and the selected model together: the refit's codes, the
+            sum of both models' re-rank scores (their re-rank vectors side by side: ``dim`` doubles; chosen
+            on validation, docs/training.md); False serves the refit alone.
         tune / tune_max_min: the settings search. After the run's own settings, each ``tune`` entry
             (``field=value[,field=value]``, over the run's settings) is trained and validated the same way,
             and the best validated candidate is refitted and served; the search runs only when the first
@@ -210,6 +215,7 @@ class TrainConfig:
     select_candidates: int = 1000
     patience: int = 0
     refit: bool = True
+    serve_both: bool = True
     tune: tuple[str, ...] = ("softmax_tau=0.1", "lr=0.003")
     tune_max_min: float = 10.0
     time_budget_min: float | None = 30.0

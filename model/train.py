@@ -41,6 +41,7 @@ import scipy.sparse as sp
 import torch
 
 from hashrec.data import Dataset, load_dataset
+from hashrec.model import ensemble
 from hashrec.model import run as rundir
 from hashrec.model.config import TrainConfig
 from hashrec.model.distributed import Dist, local_device, setup, threads_per_process
@@ -306,7 +307,9 @@ def export_embeddings(
 
     - ``embeddings.npz``: the refit model (``refit.pt``) when there is one, else the selected one
       (``best.pt``), encoded over the known graph (train + validation: observed history at serving time,
-      masked at test time, the service's seen items), with its fold-in arrays;
+      masked at test time, the service's seen items), with its fold-in arrays; with a refit and
+      ``serve_both``, the refit's codes and both models' re-rank vectors side by side
+      (:func:`hashrec.model.ensemble.join`: the served score is the sum of the two models' scores);
     - ``valid_embeddings.npz``: the selected model over the training graph only, so that
       ``hashrec evaluate --split valid`` scores embeddings that never saw the validation edges.
 
@@ -314,23 +317,34 @@ def export_embeddings(
     """
     device = device or torch.device("cpu")
     run_dir = Path(run_dir)
-    served = rundir.REFIT if (run_dir / rundir.REFIT).exists() else rundir.BEST
-    for name, ckpt, graph in (
-        (rundir.EMBEDDINGS, served, ds.graph("known")),
-        (rundir.VALID_EMBEDDINGS, rundir.BEST, ds.graph("train")),
-    ):
-        st = torch.load(run_dir / ckpt, map_location=device, weights_only=False)
-        settings = cfg.candidates()[st.get("candidate", 0)][1]
-        model = HashGNN(settings.replace(svd_init=False), graph).to(device)  # weights loaded at once: no init
-        model.load_state_dict(st["model"])
-        arrays = model.embed_all()
-        if name == rundir.EMBEDDINGS:
-            arrays.update(model.foldin(graph.user_items))
-        rundir.save_embeddings(run_dir, arrays, name)
+    refit = (run_dir / rundir.REFIT).exists()
+    served = rundir.REFIT if refit else rundir.BEST
+    known = ds.graph("known")
+    arrays = _embed(run_dir / served, cfg, known, device, foldin=True)
+    both = refit and cfg.serve_both
+    if both:
+        arrays = ensemble.join(arrays, _embed(run_dir / rundir.BEST, cfg, known, device, foldin=True))
+    rundir.save_embeddings(run_dir, arrays, rundir.EMBEDDINGS)
+    valid = _embed(run_dir / rundir.BEST, cfg, ds.graph("train"), device, foldin=False)
+    rundir.save_embeddings(run_dir, valid, rundir.VALID_EMBEDDINGS)
     return {
-        "served": served,
+        "served": f"{rundir.REFIT} + {rundir.BEST}" if both else served,
         "epoch": int(torch.load(run_dir / served, map_location="cpu", weights_only=False)["epoch"]),
     }
+
+
+def _embed(
+    ckpt: Path, cfg: TrainConfig, graph: Any, device: torch.device, foldin: bool
+) -> dict[str, np.ndarray]:
+    """One checkpoint's model encoded over ``graph`` (``HashGNN.embed_all``, and its fold-in arrays)."""
+    st = torch.load(ckpt, map_location=device, weights_only=False)
+    settings = cfg.candidates()[st.get("candidate", 0)][1]
+    model = HashGNN(settings.replace(svd_init=False), graph).to(device)  # weights loaded at once: no init
+    model.load_state_dict(st["model"])
+    arrays = model.embed_all()
+    if foldin:
+        arrays.update(model.foldin(graph.user_items))
+    return arrays
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, force: bool = False) -> Path:

@@ -189,6 +189,27 @@ def test_run_dir_layout_and_load_run(small_csv: Path, tmp_path: Path) -> None:
     assert float(np.mean(np.sign(new.vectors[0]) == np.sign(run.user_vectors[u]))) > 0.6
 
 
+def test_a_refit_run_serves_the_refit_and_the_selected_model_together(
+    small_csv: Path, tmp_path: Path
+) -> None:
+    cfg = tiny(DataConfig(path=str(small_csv)), epochs=2, bits=16)
+    both = load_run(train(cfg, tmp_path / "both"))
+    alone = load_run(train(cfg.replace(serve_both=False), tmp_path / "alone"))  # the same training
+    d = cfg.rerank_dim
+    assert both.user_vectors.shape == (both.dataset.n_users, 2 * d)
+    assert both.item_vectors.shape == (both.dataset.n_items, 2 * d)
+    assert alone.user_vectors.shape[1] == d
+    # first half and codes: the refit model's, as served alone
+    assert np.array_equal(both.user_z, alone.user_z) and np.array_equal(both.item_z, alone.item_z)
+    assert np.array_equal(both.user_vectors[:, :d], alone.user_vectors)
+    assert np.array_equal(both.item_vectors[:, :d], alone.item_vectors)
+    # second half: another model (the selected one, trained without the validation edges)
+    assert not np.allclose(both.item_vectors[:, d:], alone.item_vectors, atol=1e-3)
+    assert both.foldin is not None and both.foldin.vector_weight.shape[0] == 2 * d
+    # --split valid keeps scoring the selected model alone, over the training graph
+    assert load_run(both.path, "valid_embeddings.npz").user_vectors.shape[1] == d
+
+
 def test_checkpoint_from_another_config_is_refused(small_csv: Path, tmp_path: Path) -> None:
     data = DataConfig(path=str(small_csv))
     out = train(tiny(data, epochs=1), tmp_path / "run")
@@ -343,7 +364,9 @@ def test_settings_search_serves_the_validation_winner_with_its_settings(
     assert (best["candidate"], best["epoch"]) == (1, second["best_epoch"]) and refit["candidate"] == 1
     run = load_run(out)
     assert run.user_vectors is not None and run.item_vectors is not None
-    assert run.item_vectors.shape[1] == 32 and run.user_vectors.shape[1] == 32
+    # both served models (refit and selected) are the winner's: two 32-wide halves
+    assert run.item_vectors.shape[1] == 64 and run.user_vectors.shape[1] == 64
+    assert load_run(out, "valid_embeddings.npz").user_vectors.shape[1] == 32
     assert run.config == cfg  # the run's config is kept as asked; selection.json says what won
     records = [(r["phase"], r["candidate"], r["epoch"]) for r in run.metrics]
     assert records == [("select", c, e) for c in (0, 1) for e in (1, 2, 3)] + [
