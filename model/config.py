@@ -239,6 +239,9 @@ class TrainConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise self._bad(name, f"expected one of {', '.join(map(str, choices))}")
+        for f in dataclasses.fields(self):  # a switch is a real bool: "--set refit=maybe" is not silently on
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise self._bad(f.name, "expected true or false")
 
     def _check_numbers(self) -> None:
         def is_int(v: Any) -> bool:

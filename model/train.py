@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from hashrec.data import Dataset, load_dataset
+from hashrec.data import BipartiteGraph, Dataset, load_dataset
 from hashrec.model import ensemble
 from hashrec.model import run as rundir
 from hashrec.model.config import TrainConfig
@@ -319,25 +319,26 @@ def export_embeddings(
     run_dir = Path(run_dir)
     refit = (run_dir / rundir.REFIT).exists()
     served = rundir.REFIT if refit else rundir.BEST
+    served_st = torch.load(run_dir / served, map_location=device, weights_only=False)
+    best_st = (
+        torch.load(run_dir / rundir.BEST, map_location=device, weights_only=False) if refit else served_st
+    )
     known = ds.graph("known")
-    arrays = _embed(run_dir / served, cfg, known, device, foldin=True)
+    arrays = _embed(served_st, cfg, known, device, foldin=True)
     both = refit and cfg.serve_both
     if both:
-        arrays = ensemble.join(arrays, _embed(run_dir / rundir.BEST, cfg, known, device, foldin=True))
+        arrays = ensemble.join(arrays, _embed(best_st, cfg, known, device, foldin=True))
     rundir.save_embeddings(run_dir, arrays, rundir.EMBEDDINGS)
-    valid = _embed(run_dir / rundir.BEST, cfg, ds.graph("train"), device, foldin=False)
+    valid = _embed(best_st, cfg, ds.graph("train"), device, foldin=False)
     rundir.save_embeddings(run_dir, valid, rundir.VALID_EMBEDDINGS)
-    return {
-        "served": f"{rundir.REFIT} + {rundir.BEST}" if both else served,
-        "epoch": int(torch.load(run_dir / served, map_location="cpu", weights_only=False)["epoch"]),
-    }
+    return {"served": f"{rundir.REFIT} + {rundir.BEST}" if both else served, "epoch": int(served_st["epoch"])}
 
 
 def _embed(
-    ckpt: Path, cfg: TrainConfig, graph: Any, device: torch.device, foldin: bool
+    st: dict[str, Any], cfg: TrainConfig, graph: BipartiteGraph, device: torch.device, foldin: bool
 ) -> dict[str, np.ndarray]:
-    """One checkpoint's model encoded over ``graph`` (``HashGNN.embed_all``, and its fold-in arrays)."""
-    st = torch.load(ckpt, map_location=device, weights_only=False)
+    """A checkpoint's model (``st``: its loaded dict) encoded over ``graph`` (``HashGNN.embed_all``, and
+    its fold-in arrays)."""
     settings = cfg.candidates()[st.get("candidate", 0)][1]
     model = HashGNN(settings.replace(svd_init=False), graph).to(device)  # weights loaded at once: no init
     model.load_state_dict(st["model"])

@@ -79,6 +79,8 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("tune", {"tune": ("softmax_tau",)}),
         ("tune", {"tune": ("no_such_field=3",)}),
         ("tune_max_min", {"tune_max_min": -1.0}),
+        ("serve_both", {"serve_both": "maybe"}),
+        ("refit", {"refit": 1}),
     ],
 )
 def test_bad_config_names_the_field(field: str, kw: dict[str, object], tmp_path: Path) -> None:
