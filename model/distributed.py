@@ -10,7 +10,9 @@ What the trainer relies on (each a known way for DDP runs to go wrong; tests/mod
 - only rank 0 touches the run directory; the others wait at :meth:`Dist.barrier`;
 - decisions that end loops (time budget, early stop) are taken on rank 0 and broadcast
   (:meth:`Dist.decide`), so no rank waits for a collective another rank will never join;
-- each process uses ``cores / processes on this node`` torch threads (:func:`threads_per_process`).
+- each process uses ``cores / processes on this node`` torch threads (:func:`threads_per_process`);
+- sparse gradients (GraphSAGE's ID tables) are averaged outside DDP, one tensor at a time
+  (:func:`sync_sparse_grads`).
 """
 
 from __future__ import annotations
@@ -106,6 +108,31 @@ class Dist:
             except Exception as err:  # a peer that failed or hung: leave without it
                 log.warning("leaving the process group without the other ranks: %s", err)
         dist.destroy_process_group()
+
+
+def sparse_param_ids(model: torch.nn.Module) -> set[int]:
+    """``id()`` of the parameters with sparse gradients (``nn.Embedding(sparse=True)`` weights)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+
+
+def sync_sparse_grads(params: list[torch.nn.Parameter]) -> None:
+    """Average the sparse gradients of ``params`` over the ranks, one tensor at a time (as DDP averages
+    the rest). One at a time on purpose: two sparse all-reduces in flight at once through gloo corrupt the
+    heap in torch 2.13, and DDP would put each table in its own bucket and reduce them concurrently."""
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:  # the other ranks would wait in all_reduce for this one
+            raise RuntimeError("a sparse table got no gradient in this step: every rank must give it one")
+        grad = p.grad.coalesce()
+        dist.all_reduce(grad)  # a blocking call: the next one starts after this one ended
+        p.grad = grad / world
+
+
+def broadcast_from_main(params: list[torch.nn.Parameter]) -> None:
+    """Give every rank rank 0's values of ``params`` (in place)."""
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p, src=0)
 
 
 def setup(device: torch.device) -> Dist:

@@ -33,7 +33,7 @@ from hashrec.data import BipartiteGraph, Dataset
 from hashrec.index.retriever import Retriever
 from hashrec.model import run as rundir
 from hashrec.model.config import TrainConfig
-from hashrec.model.distributed import Dist
+from hashrec.model.distributed import Dist, broadcast_from_main, sparse_param_ids, sync_sparse_grads
 from hashrec.model.evaluate import score_modes
 from hashrec.model.hashgnn import Batch, HashGNN
 from hashrec.model.hashing import code_probability
@@ -60,8 +60,8 @@ def make_optimizers(model: torch.nn.Module, lr: float) -> list[torch.optim.Optim
     RowAdam (:mod:`hashrec.model.optim`, SparseAdam's maths) updates only the rows a batch touched ("lazy"
     Adam); with dense tables (LightGCN propagates every embedding each step) it is plain Adam.
     """
-    sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
-    ids = {id(p) for p in sparse}
+    ids = sparse_param_ids(model)
+    sparse = [p for p in model.parameters() if id(p) in ids]
     opts: list[torch.optim.Optimizer] = [
         torch.optim.Adam([p for p in model.parameters() if id(p) not in ids], lr=lr)
     ]
@@ -139,13 +139,24 @@ class Phase:
         torch.manual_seed(cfg.seed)
         self.model = HashGNN(cfg, graph).to(device)
         self.step_module: torch.nn.Module = self.model
+        self.sparse_params: list[torch.nn.Parameter] = []  # reduced outside DDP (see below)
         if dist.enabled:
             # losses must go through the DDP module's forward: calling model.loss directly trains unsynced
             # replicas silently. GraphSAGE's heads see every parameter, but its sampled trees may not touch
-            # both sides' hop layers in a step: find_unused_parameters covers that.
+            # both sides' hop layers in a step: find_unused_parameters covers that. Its sparse ID tables are
+            # left out of DDP and reduced one at a time after the backward (sync_sparse_grads): DDP reduces
+            # each in its own bucket, concurrently, and two sparse all-reduces at once through gloo corrupt
+            # the heap in torch 2.13 ("malloc(): unaligned tcache chunk detected"; seen in CI). Its buffers
+            # are the graph, the same on every rank: nothing to broadcast each step.
+            sparse = sparse_param_ids(self.model)
+            names = [name for name, p in self.model.named_parameters() if id(p) in sparse]
+            self.sparse_params = [p for p in self.model.parameters() if id(p) in sparse]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, names)
+            broadcast_from_main(self.sparse_params)  # what DDP does for the parameters it holds
             self.step_module = DistributedDataParallel(
                 self.model,
                 find_unused_parameters=cfg.encoder == "sage",
+                broadcast_buffers=False,
                 device_ids=[device.index] if device.type == "cuda" else None,
             )
         self.opts = make_optimizers(self.model, cfg.lr)
@@ -227,6 +238,8 @@ class Phase:
         for o in self.opts:
             o.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        if self.ctx.dist.enabled:
+            sync_sparse_grads(self.sparse_params)
         for o in self.opts:
             o.step()
         return {k: v.detach() for k, v in losses.items()}

@@ -1,7 +1,8 @@
 """A torchrun worker for tests/model/test_distributed.py (not a test module): trains one phase with ranks
-that start from different seeds, with losses through DDP (``sync``) or around it (``bypass``).
+that start from different seeds, with losses through DDP (``sync``) or around it (``bypass``), or the paper
+preset's GraphSAGE (``sage``: sparse ID tables reduced outside DDP) for a few hundred small steps.
 
-    torchrun --standalone --nproc-per-node=2 tests/model/ddp_worker.py sync|bypass OUT_DIR DATA_CSV
+    torchrun --standalone --nproc-per-node=2 tests/model/ddp_worker.py sync|bypass|sage OUT_DIR DATA_CSV
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from hashrec.model.run import RunError
 def main(mode: str, out: Path, csv: str) -> None:
     dist = setup(torch.device("cpu"))
     torch.set_num_threads(1)
-    cfg = TrainConfig.preset_config(
-        "default", DataConfig(path=csv), batch_size=512, shared_negatives=64, epochs=2, progress=False
-    )
+    if mode == "sage":
+        cfg = TrainConfig.preset_config(
+            "paper", DataConfig(path=csv), batch_size=32, epochs=3, progress=False
+        )
+    else:
+        cfg = TrainConfig.preset_config(
+            "default", DataConfig(path=csv), batch_size=512, shared_negatives=64, epochs=2, progress=False
+        )
     ds = load_dataset(cfg.data)
     # every rank starts from another initialisation: only DDP's broadcast at wrap time makes them equal
     ctx = Context(cfg, ds, torch.device("cpu"), dist, out, Budget(math.inf))

@@ -109,17 +109,19 @@ def test_every_edge_once_and_equal_steps(world: int) -> None:
     assert all(len(b[s]) > 0 for b in per_rank for s in range(len(b)))
 
 
-@pytest.mark.parametrize("mode", ["sync", "bypass"])
+@pytest.mark.parametrize("mode", ["sync", "bypass", "sage"])
 def test_replicas_stay_equal_only_through_the_ddp_forward(mode: str, csv: Path, tmp_path: Path) -> None:
     """Ranks start from different seeds; through DDP their parameters are equal after every epoch. A loss
-    computed around DDP trains diverging replicas with no error from torch: the trainer's check catches it."""
+    computed around DDP trains diverging replicas with no error from torch: the trainer's check catches it.
+    ``sage``: GraphSAGE's sparse ID tables, which the trainer broadcasts and reduces itself, over ~300 steps
+    (two sparse all-reduces in flight at once aborted such a run within a few thousand steps)."""
     out = tmp_path / mode
     out.mkdir()
     r = run(torchrun(WORKER, mode, str(out), str(csv)))
     assert r.returncode == 0, r.stderr[-3000:]
     results = [(out / f"rank{k}.txt").read_text() for k in (0, 1)]
-    if mode == "sync":
-        assert results == ["ok 2\n", "ok 2\n"]
+    if mode != "bypass":
+        assert results == [f"ok {3 if mode == 'sage' else 2}\n"] * 2
     else:
         assert all(
             x.startswith("error select phase: the replicas' parameters differ after epoch 1") for x in results
