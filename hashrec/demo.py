@@ -135,6 +135,9 @@ def run_demo(workdir: Path, *, seed: int, host: str, port: int, keep_serving: bo
         *("--host", host, "--port", str(port), "--cache", "memory", "--no-access-log"),
     ]
     log.info("starting: hashrec serve --bundles %s --port %d", bundles, port)
+    # SIGTERM (a service manager, `kill`, `timeout`) must stop the server too: by default it ends this
+    # process at once, without the `finally` below, and the server would keep its port as an orphan.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     proc = subprocess.Popen(cmd)
     try:
         _wait_ready(base, proc)
@@ -158,6 +161,11 @@ def run_demo(workdir: Path, *, seed: int, host: str, port: int, keep_serving: bo
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_demo's `finally`, which stops the server
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -91,6 +91,15 @@ def _kill_tree(pid: int) -> None:
     kill(pid)
 
 
+def why(r: subprocess.CompletedProcess[str]) -> str:
+    """A failed torchrun's story: every line that names a cause (a rank's own error is often far above
+    the tail, which torchrun fills with its summary), then the tail."""
+    causes = [
+        ln for ln in r.stderr.splitlines() if any(w in ln for w in ("Error", "error", "malloc", "terminate"))
+    ]
+    return "\n".join([*causes[:40], "...", r.stderr[-2000:]])
+
+
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -118,7 +127,7 @@ def test_replicas_stay_equal_only_through_the_ddp_forward(mode: str, csv: Path, 
     out = tmp_path / mode
     out.mkdir()
     r = run(torchrun(WORKER, mode, str(out), str(csv)))
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why(r)
     results = [(out / f"rank{k}.txt").read_text() for k in (0, 1)]
     if mode != "bypass":
         assert results == [f"ok {3 if mode == 'sage' else 2}\n"] * 2
@@ -131,7 +140,7 @@ def test_replicas_stay_equal_only_through_the_ddp_forward(mode: str, csv: Path, 
 def test_two_processes_train_a_run_like_one(csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     r = run(train_cmd(out, csv, "--set", 'tune=["lr=0.02"]'))  # with the settings search
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why(r)
     # threads per process = cores / processes on this node, said once (rank 0 alone logs at INFO)
     cores = len(os.sched_getaffinity(0))
     assert r.stderr.count(f"{max(1, cores // 2)} thread(s) x 2 process(es)") == 1
@@ -159,14 +168,14 @@ def test_graphsage_sparse_gradients_and_unused_parameters(csv: Path, tmp_path: P
     r = run(
         train_cmd(tmp_path / "sage", csv, "--preset", "paper", "--set", "epochs=2", "--set", "batch_size=256")
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why(r)
     assert len(load_run(tmp_path / "sage").metrics) == 2
 
 
 def test_time_budget_is_decided_once_and_no_rank_hangs(csv: Path, tmp_path: Path) -> None:
     t0 = time.monotonic()
     r = run(train_cmd(tmp_path / "budget", csv, "--epochs", "200", "--time-budget", "0.1"), timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why(r)
     assert time.monotonic() - t0 < 240  # both ranks stopped at rank 0's word (a hang would time out)
     assert (tmp_path / "budget" / "embeddings.npz").exists()
 
@@ -176,7 +185,7 @@ def test_only_rank_zero_deletes_with_force(csv: Path, tmp_path: Path) -> None:
     out.mkdir()
     (out / "old.txt").write_text("a previous run")
     r = run(train_cmd(out, csv, "--epochs", "1", "--force"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why(r)
     assert not (out / "old.txt").exists() and (out / "embeddings.npz").exists()
     # a refused start is refused on every rank, with one message, and no rank hangs
     r = run(train_cmd(out, csv, "--epochs", "1"), timeout=300)
@@ -204,7 +213,7 @@ def test_kill_after_an_epoch_then_resume_equals_an_unbroken_run(csv: Path, tmp_p
         if proc.poll() is None:
             _kill_tree(proc.pid)
     r = run(train_cmd(killed, csv, *extra, "--resume"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, why(r)
     assert "resumed the select phase after epoch" in r.stderr
     assert run(train_cmd(clean, csv, *extra)).returncode == 0
     a, b = load_run(killed), load_run(clean)
