@@ -149,9 +149,11 @@ class Phase:
             # the heap in torch 2.13 ("malloc(): unaligned tcache chunk detected"; seen in CI). Its buffers
             # are the graph, the same on every rank: nothing to broadcast each step.
             sparse = sparse_param_ids(self.model)
-            names = [name for name, p in self.model.named_parameters() if id(p) in sparse]
-            self.sparse_params = [p for p in self.model.parameters() if id(p) in sparse]
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, names)
+            named = [(name, p) for name, p in self.model.named_parameters() if id(p) in sparse]
+            self.sparse_params = [p for _, p in named]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.model, [n for n, _ in named]
+            )
             broadcast_from_main(self.sparse_params)  # what DDP does for the parameters it holds
             self.step_module = DistributedDataParallel(
                 self.model,
@@ -238,7 +240,7 @@ class Phase:
         for o in self.opts:
             o.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        if self.ctx.dist.enabled:
+        if self.sparse_params:  # only under DDP (see __init__)
             sync_sparse_grads(self.sparse_params)
         for o in self.opts:
             o.step()
