@@ -150,6 +150,7 @@ def wrk(srv: ServerProcess, lua: Path, seconds: float, connections: int, path: s
         "rps": n / secs,
         **{f"{q}_ms": raw[f"{q}_us"] / 1000 for q in ("p50", "p95", "p99", "max")},
         "errors": sum(raw[k] for k in ("connect", "read", "write", "status", "timeout")),
+        "non_2xx": raw["status"],
         "cpu_us_per_request": cpu / n * 1e6 if n else None,
     }
 
@@ -197,10 +198,14 @@ def hit_fraction(srv: ServerProcess, users: list[str], query: str) -> float:
 
 
 @contextlib.contextmanager
-def serving(bundles: Path, work: Path, name: str, workers: int, **env: str) -> Iterator[ServerProcess]:
-    """A ``hashrec serve`` of ``workers`` processes, access log on (as deployed), stopped on exit."""
+def serving(
+    bundles: Path, work: Path, name: str, workers: int, cpus: str | None = None, **env: str
+) -> Iterator[ServerProcess]:
+    """A ``hashrec serve`` of ``workers`` processes, access log on (as deployed), stopped on exit; ``cpus``
+    confines it to those CPUs (``taskset -c`` list)."""
     env = {"HASHREC_MAX_CANDIDATES": "5000", **env}
-    with ServerProcess(bundles, work / f"{name}.log", env=env, workers=workers).start(timeout=180) as srv:
+    server = ServerProcess(bundles, work / f"{name}.log", env=env, workers=workers, cpus=cpus)
+    with server.start(timeout=180) as srv:
         yield srv
 
 

@@ -22,6 +22,11 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   the accepted answers (<= 50 ms), p99 of the 503s (fast: <= 10 ms), server RSS before/after (flat:
   <= 10% growth); then at once 10 s at 50% of capacity: p99 (<= 50 ms) and no error of any kind. The
   offered rate the client achieved and its lag are reported: the client shares the cores with the server.
+- ``refusals``: what a refusal costs the server against an answer, 1 worker each, in turns: wrk (16
+  connections) on an uncached server (server CPU per answer) and wrk (64 connections) on one admitting
+  a single request at a time (``HASHREC_MAX_INFLIGHT=1``: nearly every request refused with 503), the same
+  with the access log off. At 2x capacity, refusals alone take 2 x (refusal / answer) of the CPU: past
+  half, a worker cannot even refuse what it is offered, whatever its admission rule.
 - ``rollout``: two replicas (separate ``hashrec serve`` processes, 1 worker each by default) following
   one bundles directory, each loaded at 25% of capacity; a new version is published (moved into the
   directory, then ``current`` repointed by ``hashrec.index.publish``) in the middle. Every answer must be
@@ -48,7 +53,10 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   turns): 2 vs 1 throughput, target >= 1.4x, and server CPU per request.
 
 Fairness: load generators run in their own processes on the same cores as the servers; wrk (C) for
-throughput, the Python load generator only where answers must be checked or the loop must be open. The
+throughput, the Python load generator only where answers must be checked or the loop must be open.
+``--server-cpus 0`` splits the machine instead: every server (workers, export children) confined to CPU 0,
+this script, wrk and the load generators to the other CPUs, so that a client that cannot keep up (the
+overload's 2x) is not what is measured; capacity is then that of a server on those CPUs. The
 log of every server this script starts (not those of ``compare_workers``) is searched for 5xx answers
 other than 503, unhandled errors and ERROR lines. ``--quick`` shortens every
 run to a few seconds and exports 1,500 users: it proves the script works, its figures mean nothing.
@@ -61,6 +69,7 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import re
 import shutil
 import statistics
@@ -81,7 +90,7 @@ import service as bench  # benchmarks/service.py (this folder is sys.path[0]), n
 
 log = logging.getLogger("benchmarks.serving_limits")
 
-SCENARIOS = ("overload", "rollout", "export", "cold_cache", "workers")
+SCENARIOS = ("overload", "refusals", "rollout", "export", "cold_cache", "workers")
 LEAD_S = 3.0  # a load process is spawned this long before its start (spawn and imports take ~1 s)
 P99_TARGET_MS = 50.0
 FAST_503_MS = 10.0
@@ -164,7 +173,8 @@ class Bench:
         self, name: str, workers: int, bundles: Path | None = None, **env: str
     ) -> Iterator[ServerProcess]:
         """``service.serving``, and the server's log searched for errors when it stops."""
-        with bench.serving(bundles or self.bundles, self.work, name, workers, **env) as srv:
+        cpus = self.args.server_cpus
+        with bench.serving(bundles or self.bundles, self.work, name, workers, cpus, **env) as srv:
             try:
                 yield srv
             finally:
@@ -764,6 +774,51 @@ def cold_cache(b: Bench) -> tuple[dict[str, Any], list[Row]]:
     return out, rows
 
 
+def refusals(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """Server CPU per refused request (503 ``overloaded``) against per answer, 1 worker each, in turns."""
+    lua = bench.recommend_script(b.work, "refusals", b.users_file, b.query, in_turn=False)
+    cases = {
+        "answer": ({}, 16),
+        "refusal": ({"HASHREC_MAX_INFLIGHT": "1"}, 64),
+        "refusal_no_access_log": ({"HASHREC_MAX_INFLIGHT": "1", "HASHREC_ACCESS_LOG": "false"}, 64),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(b.server(f"refusals-{name}", 1, HASHREC_CACHE="none", **env))
+            for name, (env, _) in cases.items()
+        }
+        for rnd in range(b.d.repeats):
+            for name, (_, conns) in cases.items():
+                runs[name].append(bench.wrk(servers[name], lua, b.d.wrk_s, conns))
+                log.info("refusals round %d, %s: %s", rnd + 1, name, runs[name][-1])
+
+    def cpu(name: str) -> float:
+        return statistics.median(r["cpu_us_per_request"] for r in runs[name])
+
+    def refused(name: str) -> float:
+        return statistics.median(r["non_2xx"] / max(r["requests"], 1) for r in runs[name])
+
+    ratio = cpu("refusal") / cpu("answer")
+    out = {"runs": runs, "cpu_us": {n: cpu(n) for n in cases}, "refused_share": refused("refusal")}
+    out["refusal_vs_answer"] = ratio
+    rows: list[Row] = [
+        ("server CPU per answer (uncached)", f"{cpu('answer'):.0f} us", None),
+        (
+            "server CPU per request refused (503), access log on / off",
+            f"{cpu('refusal'):.0f} us / {cpu('refusal_no_access_log'):.0f} us "
+            f"({refused('refusal'):.1%} of the requests refused)",
+            None,
+        ),
+        (
+            "refusal / answer: CPU that refusals alone take at 2x capacity",
+            f"{ratio:.2f}: {2 * ratio:.0%}",
+            None,
+        ),
+    ]
+    return out, rows
+
+
 def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
     """``service.compare_workers`` with 1 and 2 workers (uncached, measured in turns)."""
     ns = argparse.Namespace(
@@ -794,6 +849,7 @@ def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
 
 RUNS: dict[str, Callable[[Bench], tuple[dict[str, Any], list[Row]]]] = {
     "overload": overload,
+    "refusals": refusals,
     "rollout": rollout,
     "export": export,
     "cold_cache": cold_cache,
@@ -841,6 +897,10 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--export-load", type=float, default=0.3, help="online rate as a share of capacity")
     p.add_argument("--export-candidates", type=int, default=500, help="C of the exports (default 500)")
+    p.add_argument(
+        "--server-cpus",
+        help="confine the servers to these CPUs (taskset -c list, e.g. 0) and the clients to the others",
+    )
     common.add_out(p)
     args = p.parse_args()
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -849,12 +909,39 @@ def parse_args() -> argparse.Namespace:
         p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     if shutil.which("wrk") is None:
         p.error("wrk is not installed (apt-get install -y wrk)")
+    if args.server_cpus is not None:
+        if "workers" in args.only:
+            p.error("--server-cpus does not go with the workers scenario (it compares what cores buy)")
+        try:
+            args.client_cpus = split_cpus(args.server_cpus)
+        except ValueError as err:
+            p.error(f"--server-cpus: {err}")
     return args
+
+
+def split_cpus(server: str) -> set[int]:
+    """The CPUs left to the clients when the servers get ``server`` (a taskset list: "0", "0,2", "0-1")."""
+    chosen: set[int] = set()
+    for part in server.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {server!r}")
+        chosen.update(range(int(lo), int(hi or lo) + 1))
+    mine = os.sched_getaffinity(0)
+    if not chosen <= mine:
+        raise ValueError(f"CPUs {sorted(chosen - mine)} are not available (available: {sorted(mine)})")
+    rest = mine - chosen
+    if not rest:
+        raise ValueError(f"no CPU left for the clients (available: {sorted(mine)})")
+    return rest
 
 
 def main() -> int:
     args = parse_args()
     common.setup_logging()
+    if args.server_cpus is not None:  # before any child: wrk and the load generators inherit it
+        os.sched_setaffinity(0, args.client_cpus)
+        log.info("servers on CPU(s) %s, clients on %s", args.server_cpus, sorted(args.client_cpus))
     work = Path(tempfile.mkdtemp(prefix="hashrec-bench-limits-"))
     results: dict[str, Any] = {}
     rows: dict[str, list[Row]] = {}
@@ -868,14 +955,22 @@ def main() -> int:
             results[name], rows[name] = RUNS[name](b)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    flags = (" --quick" if args.quick else "") + (
-        f" --only {','.join(args.only)}" if args.only != list(SCENARIOS) else ""
+    flags = (
+        (" --quick" if args.quick else "")
+        + (f" --only {','.join(args.only)}" if args.only != list(SCENARIOS) else "")
+        + (f" --server-cpus {args.server_cpus}" if args.server_cpus is not None else "")
     )
     cap = b.capacity_run
     text = (
         f"Bundle: Gowalla-shaped ({len(users):,} users; ids and known interactions of {args.gowalla}, random "
         f"64-bit codes); `GET /recommend/<user>?k={args.k}&candidates={args.candidates}`, uncached unless "
         "the scenario is about the cache; 2 workers per server unless said."
+        + (
+            f" Servers confined to CPU(s) {args.server_cpus}, clients (wrk, load generators, this script) to"
+            f" {','.join(map(str, sorted(args.client_cpus)))}."
+            if args.server_cpus is not None
+            else " Servers and clients share every CPU."
+        )
         + (
             f" Capacity (closed-loop wrk, 2 workers, uncached): {cap['rps']:.0f} req/s, p99 {cap['p99_ms']:.1f} ms."
             if cap

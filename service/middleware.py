@@ -17,6 +17,8 @@ it runs on every request, including the benchmark's floor endpoint.
   replayed to the app.
 - **Metrics**: count and latency per route template (never the raw path: no per-user series), method and
   status; unmatched paths are labelled ``<unmatched>``.
+- **Access log**: one line per request, except refusals by admission control: those are counted and logged
+  as one line a second (:class:`RefusalLog`), because a flood of them is what overload looks like.
 """
 
 from __future__ import annotations
@@ -54,6 +56,34 @@ def bearer_ok(headers: dict[bytes, bytes], token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+class RefusalLog:
+    """Access-log lines for requests refused by admission control: the first at once, then at most one per
+    ``every_s`` carrying how many were refused since the previous line (``refused``). A line per refusal
+    cost a third of each refusal's CPU (serving_limits.py ``refusals``: 170 vs 111 us with the access log
+    off), CPU an overloaded worker lacks. A burst's last count waits for the next refusal;
+    ``hashrec_shed_requests_total`` counts every one at once."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.pending = 0
+        self.last = -float("inf")
+
+    def note(self, method: str, path: str) -> None:
+        """One more refusal (``method path`` is the latest one's, named in the line)."""
+        self.pending += 1
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        access_log.info(
+            "%s %s 503 overloaded: %d request(s) refused since the last such line",
+            method,
+            path,
+            self.pending,
+            extra={"method": method, "path": path, "status": 503, "refused": self.pending},
+        )
+        self.pending, self.last = 0, now
+
+
 class ServiceMiddleware:
     """Wraps the FastAPI app; see the module docstring."""
 
@@ -75,6 +105,7 @@ class ServiceMiddleware:
         self.retry_after = str(retry_after_s).encode()
         self.api_token = api_token
         self.inflight = 0
+        self.refusals = RefusalLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope (HTTP only; lifespan and others pass through)."""
@@ -136,6 +167,7 @@ class ServiceMiddleware:
         """Admission control and the API token; answers the refusal itself (returns False then)."""
         if self.max_inflight and self.inflight >= self.max_inflight:
             self.metrics.shed.labels("inflight").inc()
+            scope["hashrec.refused"] = True
             await self._send_error(
                 send,
                 503,
@@ -170,7 +202,11 @@ class ServiceMiddleware:
         method = scope["method"]
         self.metrics.requests.labels(template, method, str(status)).inc()
         self.metrics.latency.labels(template, method, str(status)).observe(elapsed)
-        if self.log_requests:
+        if not self.log_requests:
+            return
+        if scope.get("hashrec.refused"):
+            self.refusals.note(method, scope["path"])
+        else:
             access_log.info(
                 "%s %s %s %.2f ms",
                 method,

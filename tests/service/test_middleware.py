@@ -3,9 +3,13 @@ limit in test_errors.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from support import ADMIN_TOKEN, app_client
+
+from hashrec.service.middleware import RefusalLog
 
 
 def test_past_max_inflight_requests_get_503_at_once_but_probes_answer(bundles: Path) -> None:
@@ -48,3 +52,37 @@ def test_api_token_guards_everything_but_probes_and_admin(bundles: Path) -> None
         # the admin endpoint has its own token: the API token neither opens nor blocks it
         assert c.post("/admin/reload", headers=auth).status_code == 401
         assert c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+
+
+def test_refusals_are_logged_once_a_second_with_their_count(
+    bundles: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of refusals is one access-log line (the first at once), not a line each; every refusal is
+    still counted in the metrics; admitted requests keep their own line."""
+    caplog.set_level(logging.INFO, logger="hashrec.access")
+    with app_client(bundles, max_inflight=1, export_batch=16, access_log=True) as c:
+        with c.stream("POST", "/candidates/export", json={"candidates": 20}) as held:
+            lines = held.iter_lines()
+            next(lines)
+            for _ in range(5):
+                assert c.get("/recommend/u000").status_code == 503
+            assert 'hashrec_shed_requests_total{reason="inflight"} 5.0' in c.get("/metrics").text
+            for _ in lines:
+                pass
+        assert c.get("/recommend/u001").status_code == 200
+    refused = [r for r in caplog.records if getattr(r, "status", None) == 503]
+    assert [r.refused for r in refused] == [1], [r.getMessage() for r in refused]  # type: ignore[attr-defined]
+    assert "GET /recommend/u000 503 overloaded: 1 request(s) refused" in refused[0].getMessage()
+    assert any(getattr(r, "path", None) == "/recommend/u001" for r in caplog.records)
+
+
+def test_refusal_log_carries_the_count_since_its_last_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hashrec.access")
+    log = RefusalLog(every_s=3600.0)
+    for _ in range(4):
+        log.note("GET", "/recommend/a")
+    log.last -= 3600.0  # an hour later
+    log.note("POST", "/recommend")
+    counts = [r.refused for r in caplog.records]  # type: ignore[attr-defined]
+    assert counts == [1, 4]
+    assert caplog.records[-1].getMessage().startswith("POST /recommend 503 overloaded: 4 request(s)")

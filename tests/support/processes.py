@@ -65,7 +65,8 @@ class ServerProcess:
     ``env`` adds or overrides ``HASHREC_*`` variables (for example the Redis URL or the admin token).
     One worker process unless ``workers`` says otherwise (the service's own default depends on the
     machine's cores). The access log is on, as deployed, unless asked otherwise (a load benchmark may
-    turn it off).
+    turn it off). ``cpus`` (a ``taskset -c`` list such as ``"0"``) confines the server, its workers and
+    their children to those CPUs, so that a load generator can have the others to itself.
     """
 
     def __init__(
@@ -77,8 +78,11 @@ class ServerProcess:
         access_log: bool = True,
         workers: int = 1,
         command: list[str] | None = None,
+        cpus: str | None = None,
     ) -> None:
         self.command = command or [HASHREC, "serve"]  # another checkout's ``hashrec serve`` (before/after)
+        if cpus is not None:  # taskset execs the command: the pid stays the server's
+            self.command = ["taskset", "-c", cpus, *self.command]
         self.bundles = Path(bundles)
         self.workers = workers
         self.port = free_port()
