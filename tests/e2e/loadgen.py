@@ -240,8 +240,10 @@ class _Connection:
             self._rw = None
 
 
-async def run_load(spec: LoadSpec) -> LoadResult:
-    """Send the load described by ``spec`` and return one record per request (in this event loop)."""
+async def run_load(spec: LoadSpec, stop: Any = None) -> LoadResult:
+    """Send the load described by ``spec`` and return one record per request (in this event loop).
+
+    ``stop``: an event (``is_set()``); once set, no further request is sent (those in flight finish)."""
     t0 = spec.start_at if spec.start_at is not None else time.time()
     delay = t0 - time.time()
     if delay > 0:
@@ -255,6 +257,8 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     async def next_slot() -> tuple[int, float] | None:
         """(request number, scheduled time) of the next request, once it is due; None when done."""
         i = next(counter)
+        if stop is not None and stop.is_set():
+            return None
         if n_total is None:  # closed loop: now, until the end (or the count)
             now = time.time()
             return None if now >= end or (spec.count is not None and i >= spec.count) else (i, now)
@@ -284,7 +288,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     return result
 
 
-def _child(spec: LoadSpec, queue: Any) -> None:
+def _child(spec: LoadSpec, queue: Any, stop: Any) -> None:
     try:
         import uvloop
 
@@ -292,7 +296,7 @@ def _child(spec: LoadSpec, queue: Any) -> None:
     except ImportError:
         pass
     try:
-        res = asyncio.run(run_load(spec))
+        res = asyncio.run(run_load(spec, stop))
         queue.put(("ok", res))
     except BaseException as err:  # report, never hang the parent
         queue.put(("error", f"{type(err).__name__}: {err}"))
@@ -304,10 +308,15 @@ class LoadHandle:
     def __init__(self, spec: LoadSpec) -> None:
         ctx = mp.get_context("spawn")
         self._queue = ctx.Queue()
-        self._proc = ctx.Process(target=_child, args=(spec, self._queue), daemon=True)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_child, args=(spec, self._queue, self._stop), daemon=True)
         self._proc.start()
         self.spec = spec
         self.pid: int | None = self._proc.pid
+
+    def stop(self) -> None:
+        """End the run before its ``duration_s``: no request is sent after this (``result`` still works)."""
+        self._stop.set()
 
     def result(self, timeout: float | None = None) -> LoadResult:
         """Wait for the run to finish; raises RuntimeError when the load process failed or died."""
