@@ -50,7 +50,9 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   reference (what the model alone costs against the floor), and a Redis-cached server with the read
   bypass off (``HASHREC_CACHE_BYPASS_BELOW=0``) shows what the bypass buys.
 - ``workers``: ``service.compare_workers`` (1 and 2 worker uncached servers up together, measured in
-  turns): 2 vs 1 throughput, target >= 1.4x, and server CPU per request.
+  turns): 2 vs 1 throughput, target >= 1.4x, and server CPU per request; before it, what the machine
+  itself gives a second busy process (``cpu_scaling``: a Python loop, 2 at once against 1 alone), the
+  ceiling of that ratio here.
 
 Fairness: load generators run in their own processes on the same cores as the servers; wrk (C) for
 throughput, the Python load generator only where answers must be checked or the loop must be open.
@@ -73,6 +75,8 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -778,8 +782,39 @@ def refusals(b: Bench) -> tuple[dict[str, Any], list[Row]]:
     return out, rows
 
 
+_SPIN = """
+import sys, time
+end, n = time.perf_counter() + float(sys.argv[1]), 0
+while time.perf_counter() < end:
+    for _ in range(1000):
+        n += 1
+print(n)
+"""
+
+
+def cpu_scaling(seconds: float, repeats: int) -> float:
+    """Work that 2 CPU-bound Python processes get done together over what 1 gets done alone, in the same
+    time (median of ``repeats``): 2.0 on two cores of their own; less where the machine's "cores" share
+    one physical core (SMT siblings under the hypervisor) or its frequency drops with both busy. It bounds
+    what a second worker can buy here."""
+
+    def run(k: int) -> list[int]:
+        cmd = [sys.executable, "-c", _SPIN, str(seconds)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        return [int(p.communicate()[0]) for p in procs]
+
+    ratios = []
+    for _ in range(repeats):
+        alone = run(1)[0]
+        ratios.append(sum(run(2)) / alone)
+    return statistics.median(ratios)
+
+
 def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
-    """``service.compare_workers`` with 1 and 2 workers (uncached, measured in turns)."""
+    """``service.compare_workers`` with 1 and 2 workers (uncached, measured in turns), and the machine's own
+    2-process scaling (:func:`cpu_scaling`) measured just before."""
+    scaling = cpu_scaling(b.d.wrk_s / 2, b.d.repeats)
+    log.info("2 busy processes do %.2fx the work of 1", scaling)
     ns = argparse.Namespace(
         compare_workers=[1, 2],
         repeats=b.d.repeats,
@@ -789,6 +824,7 @@ def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
         candidates=b.args.candidates,
     )
     res = bench.compare_workers(ns, b.bundles, b.work, b.users_file)
+    res["cpu_scaling"] = scaling
     ratio = res["2"]["rps_ratio_vs_first"]
     cpu = [res[n]["recommend"]["cpu_us_per_request"] for n in ("1", "2")]
     rows: list[Row] = [
@@ -796,6 +832,11 @@ def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
             "2 vs 1 workers uncached req/s >= 1.4x",
             f"{res['2']['recommend']['rps']:.0f} / {res['1']['recommend']['rps']:.0f} = {ratio:.2f}x",
             ratio >= 1.4,
+        ),
+        (
+            "the machine: 2 busy Python processes vs 1 (work done in the same time)",
+            f"{scaling:.2f}x",
+            None,
         ),
         (
             "server CPU per request, 1 / 2 workers",

@@ -18,6 +18,7 @@ from loadgen import (
     check_answer,
     http_exchange,
     run_load,
+    start_load,
     window_stats,
 )
 from support import free_port
@@ -134,3 +135,15 @@ def test_closed_loop_stops_at_its_count() -> None:
     t = time.monotonic()
     res = asyncio.run(run_load(spec))
     assert len(res) == 7 and time.monotonic() - t < 10  # the count ended it, not the 30 s
+
+
+def test_a_stopped_run_sends_nothing_more_and_still_reports() -> None:
+    """``stop`` ends an open-loop run long before its duration; what was sent before is in the result."""
+    spec = LoadSpec(port=free_port(), targets=[Target("GET", "/x", kind="status")], duration_s=600, rate=50)
+    handle = start_load(spec)
+    time.sleep(3.0)  # the process starts (spawn) and, unless the machine is busy, sends for a while
+    t = time.monotonic()
+    handle.stop()
+    res = handle.result(timeout=60)
+    assert time.monotonic() - t < 30  # not the 600 s it was given
+    assert len(res) < 50 * 30 and all(res.error)  # refused (nothing listens); none after the stop
