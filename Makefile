@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PRODUCT := hashrec model index service
 
-.PHONY: demo test install redis lint clean
+.PHONY: demo test install services lint clean
 
 $(STAMP): pyproject.toml setup.py index/_scan.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "hashrec needs Python >= 3.11"'
@@ -21,11 +21,17 @@ $(STAMP): pyproject.toml setup.py index/_scan.c
 
 install: $(STAMP)
 
-# The tests start their own redis-server on a free port; this only makes sure the binary exists.
-redis:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server (Debian package)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+# The tests start their own redis-server and nginx on free ports; this only makes sure the binaries exist
+# (Debian packages; nginx runs docker/nginx.conf in front of a real server in tests/service/test_nginx.py).
+services:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 demo: install
 	$(BIN)/hashrec demo
@@ -39,7 +45,7 @@ lint: install
 	$(BIN)/pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --ignore-imports=yes \
 		--ignore-docstrings=yes --ignore-comments=yes --score=no $(PRODUCT)
 
-test: install redis lint
+test: install services lint
 	$(BIN)/python -m pytest
 
 clean:

@@ -8,11 +8,12 @@ tests never import benchmark code.
 
 from .app import app_client, app_settings
 from .bundles import ADMIN_TOKEN, expected_answers, make_bundle, random_foldin, random_z, write_run
-from .processes import RedisProcess, ServerProcess, free_port, redis_command, rss_bytes
+from .processes import NginxProcess, RedisProcess, ServerProcess, free_port, redis_command, rss_bytes
 from .report import machine_info, md_table, save_json
 
 __all__ = [
     "ADMIN_TOKEN",
+    "NginxProcess",
     "RedisProcess",
     "ServerProcess",
     "app_client",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -270,3 +271,119 @@ def redis_command(port: int, *args: str, timeout: float = 2.0) -> str | None:
         return None
     line = data.split(b"\r\n", 1)[0].decode(errors="replace")
     return line[1:] if line else None
+
+
+NGINX_CONF = Path(__file__).resolve().parents[2] / "docker" / "nginx.conf"
+
+
+def local_nginx_conf(
+    upstream_port: int, port: int, workdir: Path, recommend_inflight: int | None = None
+) -> str:
+    """docker/nginx.conf as shipped, pointed at one local upstream: the upstream address, the listen
+    address, the pid file and error log in ``workdir``; everything else (admission, timeouts, keep-alive)
+    unchanged, except the in-flight limit of ``/recommend`` when ``recommend_inflight`` is given.
+
+    Raises RuntimeError when the shipped file no longer has a line this rewrites (so that what runs here
+    never silently drifts from what is shipped).
+    """
+    subs = [
+        (r"^\s*resolver .*;\n", ""),  # Docker's DNS: the local upstream is an address
+        (r"^(\s*)server api:8000 resolve", rf"\g<1>server 127.0.0.1:{upstream_port}"),
+        (r"^(\s*)listen 8000;", rf"\g<1>listen 127.0.0.1:{port};"),
+        (
+            r"^worker_processes",
+            f"pid {workdir}/nginx.pid;\nerror_log {workdir}/error.log warn;\nworker_processes",
+        ),
+    ]
+    if recommend_inflight is not None:
+        subs.append(
+            (
+                r"^(\s*)limit_conn recommend_inflight \d+;",
+                rf"\g<1>limit_conn recommend_inflight {recommend_inflight};",
+            )
+        )
+    text = NGINX_CONF.read_text()
+    for pattern, repl in subs:
+        text, n = re.subn(pattern, repl, text, count=1, flags=re.MULTILINE)
+        if n != 1:
+            raise RuntimeError(f"{NGINX_CONF}: no line matches {pattern!r}; update local_nginx_conf")
+    return text
+
+
+class NginxProcess:
+    """nginx (Debian's ``nginx`` package) with :func:`local_nginx_conf` in front of one upstream port, on a
+    free port of its own; ``start`` waits until it accepts connections. ``cpus``: as for
+    :class:`ServerProcess`."""
+
+    def __init__(
+        self,
+        upstream_port: int,
+        workdir: Path,
+        recommend_inflight: int | None = None,
+        cpus: str | None = None,
+    ) -> None:
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if exe is None:
+            raise RuntimeError("nginx is not installed (apt-get install nginx, or `make services`)")
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.conf = self.workdir / "nginx.conf"
+        self.text = local_nginx_conf(upstream_port, self.port, self.workdir, recommend_inflight)
+        self.command = [exe, "-e", str(self.workdir / "error.log"), "-c", str(self.conf), "-g", "daemon off;"]
+        if cpus is not None:
+            self.command = ["taskset", "-c", cpus, *self.command]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, no trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The nginx master's process id (its workers are its children)."""
+        assert self.proc is not None, "nginx not started"
+        return self.proc.pid
+
+    def start(self, timeout: float = 10.0) -> NginxProcess:
+        """Write the configuration, start nginx and wait for its port; RuntimeError with its log otherwise."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(self.text)
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(
+            f"nginx did not listen on {self.port} in {timeout:.0f} s:\n{self.log_text()[-4000:]}"
+        )
+
+    def stop(self) -> None:
+        """SIGQUIT (finish the open requests), SIGKILL after 10 s; idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> NginxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        """nginx's error log so far."""
+        try:
+            return (self.workdir / "error.log").read_text(errors="replace")
+        except OSError:
+            return ""
