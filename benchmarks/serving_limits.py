@@ -25,7 +25,7 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   The offered rate the client achieved and its lag are reported: the client shares the cores with the
   server.
 - ``overload_nginx``: the same behind nginx running ``docker/nginx.conf`` as shipped (``support.NginxProcess``
-  rewrites only its addresses, and its in-flight limit of ``/recommend`` to ``--nginx-inflight``, 8 per
+  rewrites only its addresses, and its in-flight limit of ``/recommend`` to ``--nginx-inflight``, 12 per
   worker of the one server here as the shipped file has for compose's 2 replicas x 2 workers), so that
   refusals are nginx's, in front of the workers. Capacity is measured through nginx (closed-loop wrk, nginx's
   CPU counted with the server's) and reported against the direct capacity.
@@ -971,8 +971,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--nginx-inflight",
         type=int,
-        default=16,
-        help="nginx's in-flight limit of /recommend in overload_nginx (default 16: docker/nginx.conf's 8 per "
+        default=24,
+        help="nginx's in-flight limit of /recommend in overload_nginx (default 24: docker/nginx.conf's 12 per "
         "worker, for the 2 workers here)",
     )
     p.add_argument("--rollout-workers", type=int, default=1, help="workers per replica (default 1)")
