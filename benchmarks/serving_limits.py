@@ -1044,6 +1044,7 @@ def main() -> int:
         (" --quick" if args.quick else "")
         + (f" --only {','.join(args.only)}" if args.only != list(SCENARIOS) else "")
         + (f" --server-cpus {args.server_cpus}" if args.server_cpus is not None else "")
+        + (f" --nginx-inflight {args.nginx_inflight}" if "overload_nginx" in args.only else "")
     )
     cap = b.capacity_run
     text = (

@@ -2,8 +2,9 @@
 training.
 
 One in-process app (:func:`app_client`), one server launcher (:class:`ServerProcess`), one Redis launcher,
-one bundle maker, one free-port helper; and how results are written (:mod:`support.report`). Benchmarks import this package (``sys.path`` gets ``tests/``); the
-tests never import benchmark code.
+one nginx launcher (:class:`NginxProcess`, docker/nginx.conf with local addresses), one bundle maker, one
+free-port helper; and how results are written (:mod:`support.report`). Benchmarks import this package
+(``sys.path`` gets ``tests/``); the tests never import benchmark code.
 """
 
 from .app import app_client, app_settings

@@ -274,6 +274,7 @@ def redis_command(port: int, *args: str, timeout: float = 2.0) -> str | None:
 
 
 NGINX_CONF = Path(__file__).resolve().parents[2] / "docker" / "nginx.conf"
+_NGINX_TEMPS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def local_nginx_conf(
@@ -293,6 +294,11 @@ def local_nginx_conf(
         (
             r"^worker_processes",
             f"pid {workdir}/nginx.pid;\nerror_log {workdir}/error.log warn;\nworker_processes",
+        ),
+        # temporary files in the work directory too: the package's own need root (or its user)
+        (
+            r"^http \{\n",
+            "http {\n" + "".join(f"    {k}_temp_path {workdir}/{k}_temp;\n" for k in _NGINX_TEMPS),
         ),
     ]
     if recommend_inflight is not None:
