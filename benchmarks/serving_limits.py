@@ -21,7 +21,9 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   admit, so the shedding, not the client, decides); responses by status, non-503 errors (target 0), p99 of
   the accepted answers (<= 50 ms), p99 of the 503s (fast: <= 10 ms), server RSS before/after (flat:
   <= 10% growth); then at once 10 s at 50% of capacity: p99 (<= 50 ms), no error but 503, and no 503
-  after the first 0.5 s (the requests still queued behind the overload may be refused; later ones not).
+  after the first 0.5 s (the requests still queued behind the overload may be refused; later ones not);
+  and the server's CPU per request at 50% (open loop) against that of the closed loop that measured
+  capacity: how busy "half load" keeps the server.
   The offered rate the client achieved and its lag are reported: the client shares the cores with the
   server.
 - ``overload_nginx``: the same behind nginx running ``docker/nginx.conf`` as shipped (``support.NginxProcess``
@@ -320,7 +322,9 @@ def at_most(v: float | None, limit: float) -> bool:
 def overload(b: Bench) -> tuple[dict[str, Any], list[Row]]:
     """2x capacity open loop, then 50% at once: shedding by the workers is clean, fast and costs no memory."""
     with b.server("overload", 2, HASHREC_CACHE="none") as srv:
-        return _overload(b, srv, srv.port, b.capacity(srv))
+        cap = b.capacity(srv)
+        assert b.capacity_run is not None
+        return _overload(b, srv, srv.port, cap, srv, b.capacity_run["cpu_us_per_request"])
 
 
 @dataclass
@@ -356,7 +360,8 @@ def overload_nginx(b: Bench) -> tuple[dict[str, Any], list[Row]]:
             lua = bench.recommend_script(b.work, "capacity_nginx", b.users_file, b.query, in_turn=False)
             log.info("capacity through nginx: closed-loop wrk, %.0f s", b.d.capacity_s)
             cap_run = bench.wrk(Proxied(srv, ngx), lua, b.d.capacity_s, b.args.connections)  # type: ignore[arg-type]
-            out, rows = _overload(b, srv, ngx.port, cap_run["rps"])
+            proxied = Proxied(srv, ngx)
+            out, rows = _overload(b, srv, ngx.port, cap_run["rps"], proxied, cap_run["cpu_us_per_request"])
         finally:
             b.logs["overload_nginx (nginx)"] = nginx_errors(ngx.log_text())
     out.update(capacity_run=cap_run, capacity_direct_rps=cap_direct)
@@ -374,8 +379,12 @@ def nginx_errors(text: str) -> dict[str, int]:
     return {"error_lines": len(re.findall(r"\[(?:error|crit|alert|emerg)\]", text))}
 
 
-def _overload(b: Bench, srv: ServerProcess, port: int, cap: float) -> tuple[dict[str, Any], list[Row]]:
-    """2x ``cap`` open loop on ``port`` for the overload's seconds, then at once 50% of ``cap``."""
+def _overload(
+    b: Bench, srv: ServerProcess, port: int, cap: float, cpu_of: Any, cap_cpu_us: float | None
+) -> tuple[dict[str, Any], list[Row]]:
+    """2x ``cap`` open loop on ``port`` for the overload's seconds, then at once 50% of ``cap``; the CPU per
+    request of ``cpu_of``'s processes (``pid`` and ``worker_pids()``) at 50%, against ``cap_cpu_us``, that
+    of the closed loop that measured ``cap``."""
     rss0 = srv.rss()
     t0 = time.time() + LEAD_S
     t1 = t0 + b.d.overload_s
@@ -384,15 +393,28 @@ def _overload(b: Bench, srv: ServerProcess, port: int, cap: float) -> tuple[dict
     )
     over = open_loop(port, b.targets(1), 2 * cap, b.d.overload_s, b.args.overload_connections, t0)
     rec = open_loop(port, b.targets(2), cap / 2, b.d.recovery_s, 64, t1)
+    marks: list[float] = []  # server CPU seconds 1 s into the recovery (its queue drained) and at its end
+
+    def mark() -> None:
+        for at in (t1 + 1.0, t1 + b.d.recovery_s):
+            sleep_until(at)
+            marks.append(bench.cpu_seconds(sorted({cpu_of.pid, *cpu_of.worker_pids()})))
+
+    marker = threading.Thread(target=mark, daemon=True)
+    marker.start()
     with sample_rss(srv) as samples:
         over_res, rec_res = over.result(), rec.result()
+    marker.join()
     rss1 = srv.rss()
+    n_rec = sum(1 for t in rec_res.t if t1 + 1.0 <= t < t1 + b.d.recovery_s)
+    rec_cpu_us = 1e6 * (marks[1] - marks[0]) / n_rec if n_rec and len(marks) == 2 else None
     o, r = summarise(over_res, t0, t1), summarise(rec_res, t1, t1 + b.d.recovery_s)
     growth = (rss1 - rss0) / rss0 if rss0 else None
     # a one-time high-water mark (buffers of the first burst) or a climb? RSS a quarter in vs at the end
     quarter = [m for t, m in samples if t >= t0 + b.d.overload_s / 4]
     drift = (quarter[-1] - quarter[0]) / quarter[0] if len(quarter) > 1 and quarter[0] else None
     out = {"capacity_rps": cap, "rate": 2 * cap, "overload": o, "recovery": r}
+    out.update(recovery_cpu_us_per_request=rec_cpu_us, capacity_cpu_us_per_request=cap_cpu_us)
     out.update(rss_before=rss0, rss_after=rss1, rss_growth=growth, rss_drift=drift, rss_samples=samples)
     rows: list[Row] = [
         (
@@ -439,6 +461,13 @@ def _overload(b: Bench, srv: ServerProcess, port: int, cap: float) -> tuple[dict
             "recovery at 50%: no error but 503",
             f"{r['non_503_errors']} of {r['requests']:,}",
             r["non_503_errors"] == 0,
+        ),
+        (
+            "server CPU per request: open loop at 50% (from 1 s in) / the closed loop at capacity",
+            "-"
+            if rec_cpu_us is None or not cap_cpu_us
+            else f"{rec_cpu_us:.0f} / {cap_cpu_us:.0f} us ({rec_cpu_us / cap_cpu_us:.2f}x)",
+            None,
         ),
         (
             f"recovery at once: no 503 after the first {RECOVERY_503_S:.1f} s at 50%",
