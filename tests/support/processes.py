@@ -209,7 +209,7 @@ class RedisProcess:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError(
-                "redis-server is not installed (apt-get install redis-server, or `make redis`)"
+                "redis-server is not installed (apt-get install redis-server, or `make services`)"
             )
         self.exe = exe
         self.workdir = Path(workdir)
