@@ -359,8 +359,8 @@ def overload_nginx(b: Bench) -> tuple[dict[str, Any], list[Row]]:
         try:
             lua = bench.recommend_script(b.work, "capacity_nginx", b.users_file, b.query, in_turn=False)
             log.info("capacity through nginx: closed-loop wrk, %.0f s", b.d.capacity_s)
-            cap_run = bench.wrk(Proxied(srv, ngx), lua, b.d.capacity_s, b.args.connections)  # type: ignore[arg-type]
             proxied = Proxied(srv, ngx)
+            cap_run = bench.wrk(proxied, lua, b.d.capacity_s, b.args.connections)  # type: ignore[arg-type]
             out, rows = _overload(b, srv, ngx.port, cap_run["rps"], proxied, cap_run["cpu_us_per_request"])
         finally:
             b.logs["overload_nginx (nginx)"] = nginx_errors(ngx.log_text())
@@ -380,7 +380,12 @@ def nginx_errors(text: str) -> dict[str, int]:
 
 
 def _overload(
-    b: Bench, srv: ServerProcess, port: int, cap: float, cpu_of: Any, cap_cpu_us: float | None
+    b: Bench,
+    srv: ServerProcess,
+    port: int,
+    cap: float,
+    cpu_of: ServerProcess | Proxied,
+    cap_cpu_us: float | None,
 ) -> tuple[dict[str, Any], list[Row]]:
     """2x ``cap`` open loop on ``port`` for the overload's seconds, then at once 50% of ``cap``; the CPU per
     request of ``cpu_of``'s processes (``pid`` and ``worker_pids()``) at 50%, against ``cap_cpu_us``, that
