@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml setup.py index/_scan.c
 
 install: $(STAMP)
 
-# The tests start their own redis-server and nginx on free ports; this only makes sure the binaries exist
-# (Debian packages; nginx runs docker/nginx.conf in front of a real server in tests/service/test_nginx.py).
+# The tests start their own redis-server and haproxy on free ports; this only makes sure the binaries exist
+# (Debian packages; haproxy runs docker/haproxy.cfg in front of a real server in
+# tests/service/test_load_balancer.py).
 services:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (Debian packages)"; \
 		$(SUDO) apt-get update -qq && \

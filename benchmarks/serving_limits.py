@@ -26,11 +26,12 @@ are fractions of it. Each scenario returns its figures and rows (target, measure
   capacity: how busy "half load" keeps the server.
   The offered rate the client achieved and its lag are reported: the client shares the cores with the
   server.
-- ``overload_nginx``: the same behind nginx running ``docker/nginx.conf`` as shipped (``support.NginxProcess``
-  rewrites only its addresses, and its in-flight limit of ``/recommend`` to ``--nginx-inflight``, 12 per
-  worker of the one server here as the shipped file has for compose's 2 replicas x 2 workers), so that
-  refusals are nginx's, in front of the workers. Capacity is measured through nginx (closed-loop wrk, nginx's
-  CPU counted with the server's) and reported against the direct capacity.
+- ``overload_lb``: the same offered load (2x the direct capacity, then 50%) behind HAProxy running
+  ``docker/haproxy.cfg`` as shipped (``support.HAProxyProcess`` rewrites only its addresses, and the
+  replica's ``maxconn`` and the queue bound to ``--lb-maxconn`` / ``--lb-queue``: 4 per worker and 12 per
+  worker of the one 2-worker server here, as the shipped file has for compose's replicas), so that waiting
+  and refusals happen in front of the workers; HAProxy's CPU is counted with the server's. The capacity
+  through HAProxy (closed-loop wrk) is reported against the direct one.
 - ``refusals``: what a refusal costs the server against an answer, 1 worker each, in turns: wrk (16
   connections) on an uncached server (server CPU per answer) and wrk (64 connections) on one admitting
   a single request at a time (``HASHREC_MAX_INFLIGHT=1``: nearly every request refused with 503), the same
@@ -97,14 +98,13 @@ from typing import Any
 
 import common
 from e2e.loadgen import LoadResult, LoadSpec, Target, recommend_targets, start_load
-from support import NginxProcess, ServerProcess, expected_answers, make_bundle
-from support.processes import descendants
+from support import HAProxyProcess, ServerProcess, expected_answers, make_bundle
 
 import service as bench  # benchmarks/service.py (this folder is sys.path[0]), not the product's package
 
 log = logging.getLogger("benchmarks.serving_limits")
 
-SCENARIOS = ("overload", "overload_nginx", "refusals", "rollout", "export", "cold_cache", "workers")
+SCENARIOS = ("overload", "overload_lb", "refusals", "rollout", "export", "cold_cache", "workers")
 LEAD_S = 3.0  # a load process is spawned this long before its start (spawn and imports take ~1 s)
 EXPORT_LOAD_MAX_S = 3600.0  # the export scenario's load runs until stopped, at most this long
 P99_TARGET_MS = 50.0
@@ -329,54 +329,61 @@ def overload(b: Bench) -> tuple[dict[str, Any], list[Row]]:
 
 @dataclass
 class Proxied:
-    """A server behind nginx, as ``service.wrk`` measures it: nginx's URL, the CPU of both processes."""
+    """A server behind HAProxy, as ``service.wrk`` measures it: HAProxy's URL, the CPU of both."""
 
     srv: ServerProcess
-    ngx: NginxProcess
+    lb: HAProxyProcess
 
     @property
     def url(self) -> str:
-        return self.ngx.url
+        return self.lb.url
 
     @property
     def pid(self) -> int:
         return self.srv.pid
 
     def worker_pids(self) -> list[int]:
-        return [*self.srv.worker_pids(), self.ngx.pid, *descendants(self.ngx.pid)]
+        return [*self.srv.worker_pids(), self.lb.pid]
 
 
-def overload_nginx(b: Bench) -> tuple[dict[str, Any], list[Row]]:
-    """The overload behind docker/nginx.conf, as deployed: nginx's admission refuses past its in-flight
-    limit before a worker spends CPU on the request. Capacity is the server's through nginx."""
-    cap_direct = b.capacity()  # for the cost of the proxy (once per run, shared with ``overload``)
+def overload_lb(b: Bench) -> tuple[dict[str, Any], list[Row]]:
+    """The overload behind docker/haproxy.cfg, as deployed: a replica takes ``maxconn`` recommendations at
+    once, the next ones wait in HAProxy's queue, and past the queue's bound HAProxy refuses before a worker
+    spends CPU on the request. The offered load is the ``overload`` scenario's: 2x the direct capacity."""
+    cap = b.capacity()  # measured once per run, shared with ``overload``: the same offered load
+    assert b.capacity_run is not None
+    cap_cpu_us = b.capacity_run["cpu_us_per_request"]
     with (
-        b.server("overload_nginx", 2, HASHREC_CACHE="none") as srv,
-        NginxProcess(
-            srv.port, b.work / "nginx", recommend_inflight=b.args.nginx_inflight, cpus=b.args.server_cpus
-        ).start() as ngx,
+        b.server("overload_lb", 2, HASHREC_CACHE="none") as srv,
+        HAProxyProcess(
+            srv.port,
+            b.work / "haproxy",
+            recommend_maxconn=b.args.lb_maxconn,
+            recommend_queue=b.args.lb_queue,
+            cpus=b.args.server_cpus,
+        ).start() as lb,
     ):
         try:
-            lua = bench.recommend_script(b.work, "capacity_nginx", b.users_file, b.query, in_turn=False)
-            log.info("capacity through nginx: closed-loop wrk, %.0f s", b.d.capacity_s)
-            proxied = Proxied(srv, ngx)
+            lua = bench.recommend_script(b.work, "capacity_lb", b.users_file, b.query, in_turn=False)
+            log.info("capacity through haproxy: closed-loop wrk, %.0f s", b.d.capacity_s)
+            proxied = Proxied(srv, lb)
             cap_run = bench.wrk(proxied, lua, b.d.capacity_s, b.args.connections)  # type: ignore[arg-type]
-            out, rows = _overload(b, srv, ngx.port, cap_run["rps"], proxied, cap_run["cpu_us_per_request"])
+            out, rows = _overload(b, srv, lb.port, cap, proxied, cap_cpu_us)
         finally:
-            b.logs["overload_nginx (nginx)"] = nginx_errors(ngx.log_text())
-    out.update(capacity_run=cap_run, capacity_direct_rps=cap_direct)
+            b.logs["overload_lb (haproxy)"] = haproxy_errors(lb.log_text())
+    out.update(capacity_run_lb=cap_run, lb={"maxconn": b.args.lb_maxconn, "queue": b.args.lb_queue})
     row = (
-        "capacity through nginx / direct (closed loop)",
-        f"{cap_run['rps']:.0f} / {cap_direct:.0f} req/s ({cap_run['rps'] / cap_direct:.2f}); server and nginx "
-        f"CPU {cap_run['cpu_us_per_request']:.0f} us per request",
+        "capacity through haproxy / direct (closed loop)",
+        f"{cap_run['rps']:.0f} / {cap:.0f} req/s ({cap_run['rps'] / cap:.2f}); server and haproxy CPU "
+        f"{cap_run['cpu_us_per_request']:.0f} us per request",
         None,
     )
     return out, [row, *rows]
 
 
-def nginx_errors(text: str) -> dict[str, int]:
-    """Lines of nginx's error log at error level or worse (upstream failures, crashes)."""
-    return {"error_lines": len(re.findall(r"\[(?:error|crit|alert|emerg)\]", text))}
+def haproxy_errors(text: str) -> dict[str, int]:
+    """Lines of HAProxy's log that say something failed: alerts, and a replica marked down."""
+    return {"error_lines": len(re.findall(r"\[ALERT\]|is DOWN", text))}
 
 
 def _overload(
@@ -960,7 +967,7 @@ def workers(b: Bench) -> tuple[dict[str, Any], list[Row]]:
 
 RUNS: dict[str, Callable[[Bench], tuple[dict[str, Any], list[Row]]]] = {
     "overload": overload,
-    "overload_nginx": overload_nginx,
+    "overload_lb": overload_lb,
     "refusals": refusals,
     "rollout": rollout,
     "export": export,
@@ -1003,10 +1010,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16, help="wrk connections, closed loop (default 16)")
     p.add_argument("--overload-connections", type=int, default=256, help="load generator connections at 2x")
     p.add_argument(
-        "--nginx-inflight",
+        "--lb-maxconn",
+        type=int,
+        default=8,
+        help="HAProxy's maxconn of the replica in overload_lb (default 8: docker/haproxy.cfg's 4 per worker, "
+        "for the 2 workers here)",
+    )
+    p.add_argument(
+        "--lb-queue",
         type=int,
         default=24,
-        help="nginx's in-flight limit of /recommend in overload_nginx (default 24: docker/nginx.conf's 12 per "
+        help="HAProxy's queue bound of /recommend in overload_lb (default 24: docker/haproxy.cfg's 12 per "
         "worker, for the 2 workers here)",
     )
     p.add_argument("--rollout-workers", type=int, default=1, help="workers per replica (default 1)")
@@ -1078,7 +1092,11 @@ def main() -> int:
         (" --quick" if args.quick else "")
         + (f" --only {','.join(args.only)}" if args.only != list(SCENARIOS) else "")
         + (f" --server-cpus {args.server_cpus}" if args.server_cpus is not None else "")
-        + (f" --nginx-inflight {args.nginx_inflight}" if "overload_nginx" in args.only else "")
+        + (
+            f" --lb-maxconn {args.lb_maxconn} --lb-queue {args.lb_queue}"
+            if "overload_lb" in args.only
+            else ""
+        )
     )
     cap = b.capacity_run
     text = (

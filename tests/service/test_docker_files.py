@@ -60,20 +60,20 @@ def hashrec_commands() -> list[list[str]]:
 def test_compose_services_and_order(compose: dict) -> None:  # type: ignore[type-arg]
     s = compose["services"]
     # services outside an optional profile (`monitoring` adds Prometheus, `distributed` the jobs)
-    assert {name for name, svc in s.items() if "profiles" not in svc} == {"redis", "trainer", "api", "nginx"}
+    assert {name for name, svc in s.items() if "profiles" not in svc} == {"redis", "trainer", "api", "lb"}
     assert "redis-cli" in s["redis"]["healthcheck"]["test"] and "ping" in s["redis"]["healthcheck"]["test"]
     assert s["api"]["depends_on"] == {
         "redis": {"condition": "service_healthy"},
         "trainer": {"condition": "service_completed_successfully"},
     }
-    assert s["nginx"]["depends_on"] == {"api": {"condition": "service_healthy"}}
+    assert s["lb"]["depends_on"] == {"api": {"condition": "service_healthy"}}
     assert s["trainer"]["restart"] == "no"  # one-shot
     assert s["trainer"]["build"]["dockerfile"] == "docker/Dockerfile"
     assert (REPO / s["trainer"]["build"]["context"] / s["trainer"]["build"]["dockerfile"]).is_file()
     assert s["api"]["image"] == s["trainer"]["image"]
 
 
-def test_compose_shares_the_bundles_volume_and_puts_nginx_in_front(compose: dict) -> None:  # type: ignore[type-arg]
+def test_compose_shares_the_bundles_volume_and_puts_the_load_balancer_in_front(compose: dict) -> None:  # type: ignore[type-arg]
     s = compose["services"]
 
     def mount(service: str) -> str:
@@ -87,14 +87,17 @@ def test_compose_shares_the_bundles_volume_and_puts_nginx_in_front(compose: dict
     assert mount("trainer") == mount("api")
     assert s["api"]["environment"]["HASHREC_REDIS_URL"].startswith("redis://redis:")
     assert "/readyz" in " ".join(s["api"]["healthcheck"]["test"])
-    # several replicas, no host port of their own: nginx publishes one and proxies to the service name
+    # several replicas, no host port of their own: HAProxy publishes one and proxies to the service name
     assert s["api"]["deploy"]["replicas"] >= 2 and "ports" not in s["api"]
-    assert any(str(p).endswith(":8000") for p in s["nginx"]["ports"])
-    mounts = {v.split(":")[1]: REPO / v.split(":")[0] for v in s["nginx"]["volumes"]}
-    conf = mounts["/etc/nginx/nginx.conf"]
-    assert conf.resolve() == REPO / "docker" / "nginx.conf"
+    assert any(str(p).endswith(":8000") for p in s["lb"]["ports"])
+    mounts = {v.split(":")[1]: REPO / v.split(":")[0] for v in s["lb"]["volumes"]}
+    conf = mounts["/usr/local/etc/haproxy/haproxy.cfg"]
+    assert conf.resolve() == REPO / "docker" / "haproxy.cfg"
     text = conf.read_text()
-    assert "server api:8000" in text and "listen 8000" in text and "8000" in " ".join(s["api"]["command"])
+    assert "bind :8000" in text and "8000" in " ".join(s["api"]["command"])
+    # every backend finds the replicas through Docker's DNS, with room for more than compose starts
+    templates = re.findall(r"server-template api (\d+) api:8000 .*resolvers docker", text)
+    assert len(templates) == 3 and all(int(n) >= s["api"]["deploy"]["replicas"] for n in templates)
 
 
 def test_dockerfile_structure() -> None:

@@ -273,69 +273,74 @@ def redis_command(port: int, *args: str, timeout: float = 2.0) -> str | None:
     return line[1:] if line else None
 
 
-NGINX_CONF = Path(__file__).resolve().parents[2] / "docker" / "nginx.conf"
-_NGINX_TEMPS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+HAPROXY_CFG = Path(__file__).resolve().parents[2] / "docker" / "haproxy.cfg"
 
 
-def local_nginx_conf(
-    upstream_port: int, port: int, workdir: Path, recommend_inflight: int | None = None
+def local_haproxy_conf(
+    upstream_port: int,
+    port: int,
+    workdir: Path,
+    recommend_maxconn: int | None = None,
+    recommend_queue: int | None = None,
 ) -> str:
-    """docker/nginx.conf as shipped, pointed at one local upstream: the upstream address, the listen
-    address, the pid file and error log in ``workdir``; everything else (admission, timeouts, keep-alive)
-    unchanged, except the in-flight limit of ``/recommend`` when ``recommend_inflight`` is given.
+    """docker/haproxy.cfg as shipped, pointed at one local replica: every backend's replicas become
+    ``127.0.0.1:upstream_port`` (no DNS), the frontend binds 127.0.0.1:``port``, a stats socket in
+    ``workdir`` (for :meth:`HAProxyProcess.stat`); everything else (health
+    checks, admission, retries, timeouts, error bodies) unchanged, except the recommendation backend's
+    ``maxconn`` and the queue bound when ``recommend_maxconn`` / ``recommend_queue`` are given.
 
     Raises RuntimeError when the shipped file no longer has a line this rewrites (so that what runs here
     never silently drifts from what is shipped).
     """
-    subs = [
-        (r"^\s*resolver .*;\n", ""),  # Docker's DNS: the local upstream is an address
-        (r"^(\s*)server api:8000 resolve", rf"\g<1>server 127.0.0.1:{upstream_port}"),
-        (r"^(\s*)listen 8000;", rf"\g<1>listen 127.0.0.1:{port};"),
+    subs: list[tuple[str, str, int]] = [
+        (r"^resolvers docker\n(?:[ \t]+\S.*\n)+", "", 1),  # Docker's DNS: the local replica is an address
+        (r"^(\s*)bind :8000$", rf"\g<1>bind 127.0.0.1:{port}", 1),
+        (r"^global\n", f"global\n    stats socket {workdir}/haproxy.sock\n", 1),
         (
-            r"^worker_processes",
-            f"pid {workdir}/nginx.pid;\nerror_log {workdir}/error.log warn;\nworker_processes",
-        ),
-        # temporary files in the work directory too: the package's own need root (or its user)
-        (
-            r"^http \{\n",
-            "http {\n" + "".join(f"    {k}_temp_path {workdir}/{k}_temp;\n" for k in _NGINX_TEMPS),
+            r"^(\s*)server-template api \d+ api:8000( maxconn \d+)? resolvers docker init-addr none$",
+            rf"\g<1>server api 127.0.0.1:{upstream_port}\g<2>",
+            3,
         ),
     ]
-    if recommend_inflight is not None:
-        subs.append(
-            (
-                r"^(\s*)limit_conn recommend_inflight \d+;",
-                rf"\g<1>limit_conn recommend_inflight {recommend_inflight};",
+    if recommend_maxconn is not None:
+        subs.append((r"^(\s*server api \S+ )maxconn \d+", rf"\g<1>maxconn {recommend_maxconn}", 1))
+    if recommend_queue is not None:
+        subs.append((r"\{ queue\(recommend\) ge \d+ \}", f"{{ queue(recommend) ge {recommend_queue} }}", 1))
+    text = HAPROXY_CFG.read_text()
+    for pattern, repl, count in subs:
+        text, n = re.subn(pattern, repl, text, flags=re.MULTILINE)
+        if n != count:
+            raise RuntimeError(
+                f"{HAPROXY_CFG}: {n} line(s) match {pattern!r}, expected {count}; update local_haproxy_conf"
             )
-        )
-    text = NGINX_CONF.read_text()
-    for pattern, repl in subs:
-        text, n = re.subn(pattern, repl, text, count=1, flags=re.MULTILINE)
-        if n != 1:
-            raise RuntimeError(f"{NGINX_CONF}: no line matches {pattern!r}; update local_nginx_conf")
     return text
 
 
-class NginxProcess:
-    """nginx (Debian's ``nginx`` package) with :func:`local_nginx_conf` in front of one upstream port, on a
-    free port of its own; ``start`` waits until it accepts connections. ``cpus``: as for
-    :class:`ServerProcess`."""
+class HAProxyProcess:
+    """HAProxy (Debian's ``haproxy`` package) with :func:`local_haproxy_conf` in front of one replica
+    port, on a free port of its own; ``start`` waits until it accepts connections and the replica passed
+    its health check. ``cpus``: as for :class:`ServerProcess`. Its log (warnings: replicas going down or
+    up) goes to ``workdir/haproxy.log``."""
 
     def __init__(
         self,
         upstream_port: int,
         workdir: Path,
-        recommend_inflight: int | None = None,
+        recommend_maxconn: int | None = None,
+        recommend_queue: int | None = None,
         cpus: str | None = None,
     ) -> None:
-        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
         if exe is None:
-            raise RuntimeError("nginx is not installed (apt-get install nginx, or `make services`)")
+            raise RuntimeError("haproxy is not installed (apt-get install haproxy, or `make services`)")
         self.workdir = Path(workdir)
         self.port = free_port()
-        self.conf = self.workdir / "nginx.conf"
-        self.text = local_nginx_conf(upstream_port, self.port, self.workdir, recommend_inflight)
-        self.command = [exe, "-e", str(self.workdir / "error.log"), "-c", str(self.conf), "-g", "daemon off;"]
+        self.upstream_port = upstream_port
+        self.conf = self.workdir / "haproxy.cfg"
+        self.text = local_haproxy_conf(
+            upstream_port, self.port, self.workdir, recommend_maxconn, recommend_queue
+        )
+        self.command = [exe, "-db", "-f", str(self.conf)]  # -db: stay in the foreground
         if cpus is not None:
             self.command = ["taskset", "-c", cpus, *self.command]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -347,19 +352,21 @@ class NginxProcess:
 
     @property
     def pid(self) -> int:
-        """The nginx master's process id (its workers are its children)."""
-        assert self.proc is not None, "nginx not started"
+        """HAProxy's process id (one process; its threads are inside it)."""
+        assert self.proc is not None, "haproxy not started"
         return self.proc.pid
 
-    def start(self, timeout: float = 10.0) -> NginxProcess:
-        """Write the configuration, start nginx and wait for its port; RuntimeError with its log otherwise."""
+    def start(self, timeout: float = 10.0) -> HAProxyProcess:
+        """Write the configuration, start HAProxy and wait for its port; RuntimeError with its log
+        otherwise."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(self.text)
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        with (self.workdir / "haproxy.log").open("ab") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return self
@@ -367,13 +374,13 @@ class NginxProcess:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(
-            f"nginx did not listen on {self.port} in {timeout:.0f} s:\n{self.log_text()[-4000:]}"
+            f"haproxy did not listen on {self.port} in {timeout:.0f} s:\n{self.log_text()[-4000:]}"
         )
 
     def stop(self) -> None:
-        """SIGQUIT (finish the open requests), SIGKILL after 10 s; idempotent."""
+        """SIGUSR1 (a soft stop: open requests finish), SIGKILL after 10 s; idempotent."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
+            self.proc.send_signal(signal.SIGUSR1)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -381,15 +388,33 @@ class NginxProcess:
                 self.proc.wait(timeout=5)
         self.proc = None
 
-    def __enter__(self) -> NginxProcess:
+    def __enter__(self) -> HAProxyProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stat(self, proxy: str, server: str, field: str) -> int:
+        """One counter of HAProxy's ``show stat`` (for example the queue of a backend: ``recommend``,
+        ``BACKEND``, ``qcur``), read from its stats socket; 0 when empty."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.workdir / "haproxy.sock"))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        header, *rows = data.decode().lstrip("# ").splitlines()
+        names = header.split(",")
+        for row in rows:
+            values = dict(zip(names, row.split(","), strict=False))
+            if values.get("pxname") == proxy and values.get("svname") == server:
+                return int(values.get(field) or 0)
+        raise KeyError(f"haproxy has no stats row {proxy}/{server}")
+
     def log_text(self) -> str:
-        """nginx's error log so far."""
+        """HAProxy's log so far."""
         try:
-            return (self.workdir / "error.log").read_text(errors="replace")
+            return (self.workdir / "haproxy.log").read_text(errors="replace")
         except OSError:
             return ""
