@@ -7,7 +7,8 @@
 (``git worktree add ../before REV`` and ``pip install -e ../before`` into its own venv); ``--before-bundles``
 a bundles directory that revision wrote. The same model is served by both sides: this checkout's bundle is
 built from the arrays of the other side's bundle (its ``user_z``/``item_z``, ids, seen items and
-popularity; codes = sign(z), re-rank vectors = z), so only the code differs.
+popularity; codes = sign(z), re-rank vectors = z), so only the code differs; a bundle already in this
+checkout's format (no ``user_z``: a recent revision) is served by both sides as it is.
 
 Both sides are measured in the same run, in turns, the order rotated every round, so that machine noise
 hits them alike; each figure is a median over the rounds, and each ratio (after / before) the median of
@@ -72,6 +73,8 @@ def after_bundle(before_bundles: Path, work: Path) -> Path:
     from hashrec.index.publish import build_bundle
 
     src = (before_bundles / "current").resolve()
+    if not (src / "user_z.npy").exists():  # the other revision writes this checkout's format: serve it as is
+        return before_bundles
 
     def arr(name: str) -> np.ndarray:
         return np.load(src / f"{name}.npy", allow_pickle=False)
