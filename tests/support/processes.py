@@ -297,8 +297,8 @@ def local_haproxy_conf(
         (r"^(\s*)bind :8000$", rf"\g<1>bind 127.0.0.1:{port}", 1),
         (r"^global\n", f"global\n    stats socket {workdir}/haproxy.sock\n", 1),
         (
-            r"^(\s*)server-template api \d+ api:8000( maxconn \d+)? resolvers docker init-addr none$",
-            rf"\g<1>server api 127.0.0.1:{upstream_port}\g<2>",
+            r"^(\s*)server-template api \d+ api:8000( maxconn \d+)? resolvers docker init-addr none(.*)$",
+            rf"\g<1>server api 127.0.0.1:{upstream_port}\g<2>\g<3>",
             3,
         ),
     ]
