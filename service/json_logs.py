@@ -7,9 +7,9 @@ record was emitted while handling a request, any ``extra={...}`` fields passed t
 Writing happens in a background thread (:class:`BackgroundWriter`): the request path only stamps the
 record with its request id and puts it on a queue; every ``FLUSH_S`` the writer formats what has queued up
 and writes it in one system call. A write and flush per access-log line on the event loop cost about a
-tenth of the CPU of a request; a writer woken by every record cost a fifth of a lone request's CPU (a
-thread wake-up and a hand-over of the GIL per request when requests do not arrive together), hence the
-timer. Lines reach stderr at most ``FLUSH_S`` late. At exit the queue is drained, so no line is lost on a
+tenth of the CPU of a request; a writer woken by every record cost a fifth to a quarter of an uncached
+request's CPU (a thread wake-up and a hand-over of the GIL per record; docs/benchmarks.md, "Access-log
+writer"), hence the timer. Lines reach stderr at most ``FLUSH_S`` late. At exit the queue is drained, so no line is lost on a
 clean shutdown. The queue is bounded
 (``MAX_QUEUED`` records): when the writer falls behind (an overload logs a line per shed request), records
 past the bound are dropped and counted, and the writer reports the count, instead of the backlog growing

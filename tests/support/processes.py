@@ -285,9 +285,9 @@ def local_haproxy_conf(
 ) -> str:
     """docker/haproxy.cfg as shipped, pointed at one local replica: every backend's replicas become
     ``127.0.0.1:upstream_port`` (no DNS), the frontend binds 127.0.0.1:``port``, a stats socket in
-    ``workdir`` (for :meth:`HAProxyProcess.stat`); everything else (health
-    checks, admission, retries, timeouts, error bodies) unchanged, except the recommendation backend's
-    ``maxconn`` and the queue bound when ``recommend_maxconn`` / ``recommend_queue`` are given.
+    ``workdir`` (for :meth:`HAProxyProcess.stat`); everything else (health checks, admission, retries,
+    timeouts, error bodies) unchanged, except the recommendation backend's ``maxconn`` and the queue
+    bound when ``recommend_maxconn`` / ``recommend_queue`` are given.
 
     Raises RuntimeError when the shipped file no longer has a line this rewrites (so that what runs here
     never silently drifts from what is shipped).
@@ -318,9 +318,9 @@ def local_haproxy_conf(
 
 class HAProxyProcess:
     """HAProxy (Debian's ``haproxy`` package) with :func:`local_haproxy_conf` in front of one replica
-    port, on a free port of its own; ``start`` waits until it accepts connections and the replica passed
-    its health check. ``cpus``: as for :class:`ServerProcess`. Its log (warnings: replicas going down or
-    up) goes to ``workdir/haproxy.log``."""
+    port, on a free port of its own; ``start`` waits until it accepts connections (HAProxy counts a
+    checked replica up until its checks fail). ``cpus``: as for :class:`ServerProcess`. Its log
+    (warnings: replicas going down or up) goes to ``workdir/haproxy.log``."""
 
     def __init__(
         self,
@@ -335,7 +335,6 @@ class HAProxyProcess:
             raise RuntimeError("haproxy is not installed (apt-get install haproxy, or `make services`)")
         self.workdir = Path(workdir)
         self.port = free_port()
-        self.upstream_port = upstream_port
         self.conf = self.workdir / "haproxy.cfg"
         self.text = local_haproxy_conf(
             upstream_port, self.port, self.workdir, recommend_maxconn, recommend_queue
