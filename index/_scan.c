@@ -5,7 +5,8 @@
  * two-stage answer did with a scan of our own; benchmarks/retrieval.py measures this kernel against FAISS
  * at 1M items and at Gowalla's catalogue, side by side, and docs/benchmarks.md reports it.
  *
- * Contract of hamming_topc (called through ctypes by index/scan.py; no Python object is built here):
+ * Contract of hamming_topc (called by index/scan.py through the module's topc; no Python object is built
+ * from its results: they are written into the caller's arrays):
  *   items      n_items codes of code_size bytes each (the FAISS flat index's own code array);
  *   queries    n_queries codes of code_size bytes;
  *   excl_ptr, excl_ids   CSR exclusions: query q never returns excl_ids[excl_ptr[q] .. excl_ptr[q+1]);
@@ -14,7 +15,7 @@
  *   out_dist, out_idx    [n_queries, c]: per query the c eligible items nearest in Hamming distance,
  *                        ordered by (distance, item id); empty slots hold distance bits + 1 and id -1.
  * Returns 0, or -1 when its scratch memory cannot be allocated (outputs then undefined).
- * The GIL is released by ctypes during the call: several threads may scan at once (nothing is shared).
+ * The GIL is released during the call: several threads may scan at once (nothing is shared).
  *
  * Method: a histogram of a sample of the items guesses the distance t within which the c-th eligible item
  * lies; one pass over all items keeps the eligible ones within t (distances a block at a time, vectorised
@@ -22,7 +23,10 @@
  * small, passes with a wider t (t + 2, + 4, ...) follow; a counting sort of the kept items (already in id
  * order) by distance gives the first c by (distance, id) with no comparison sort.
  *
- * Also exported: hamming_use_vector_popcount (which build of the distance loop runs; tests check both).
+ * Python entry points (at the end): topc, a thin argument check around hamming_topc that reads numpy
+ * arrays in place through the buffer protocol (a ctypes call, which this replaced, spent more time building
+ * its pointer arguments than the scan of a small catalogue took), and use_vector_popcount (which build of
+ * the distance loop runs; tests check both).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -104,7 +108,7 @@ static int has_vpopcnt(void) { return 0; }
 
 /* Use the vector popcount when `enable` and the CPU has it, else the baseline; returns whether the vector
  * one is in use. Called once when the library loads (enabled); tests call it to check both builds. */
-int hamming_use_vector_popcount(int enable) {
+static int hamming_use_vector_popcount(int enable) {
     int on = enable && has_vpopcnt();
     distances = on ? distances_vpopcnt : distances_baseline;
     return on;
@@ -188,7 +192,7 @@ static int64_t collect(const uint8_t *items, int64_t n_items, int64_t code_size,
     return m;
 }
 
-int hamming_topc(const uint8_t *items, int64_t n_items, int64_t code_size, const uint8_t *queries,
+static int hamming_topc(const uint8_t *items, int64_t n_items, int64_t code_size, const uint8_t *queries,
                  int64_t n_queries, const int64_t *excl_ptr, const int64_t *excl_ids, const uint8_t *allow,
                  int64_t c, int32_t *out_dist, int64_t *out_idx) {
     const int bits = (int)(8 * code_size);
@@ -243,8 +247,107 @@ int hamming_topc(const uint8_t *items, int64_t n_items, int64_t code_size, const
     return 0;
 }
 
-/* A Python module with no methods: importing it proves the build happened (the install builds it, always);
- * index/scan.py then loads the same shared object with ctypes to reach hamming_topc. */
-static struct PyModuleDef scan_module = {PyModuleDef_HEAD_INIT, "_scan", NULL, 0, NULL};
+/* --- Python entry points: arguments are buffers (numpy arrays) read in place; nothing is returned but None
+ * or an int, so no Python object is built from the results (they land in the caller's output arrays). */
+
+/* A contiguous buffer of exactly `want` bytes (want < 0: any length that is a multiple of -want), or NULL
+ * (an error set) when it is not; `obj` None gives an empty view and 1 in *none. */
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name, int *none) {
+    *none = obj == Py_None;
+    if (*none) {
+        memset(view, 0, sizeof *view);
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous%s buffer", name, writable ? " writable" : "");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_len(const Py_buffer *v, Py_ssize_t want, const char *name) {
+    if (v->len == want) return 0;
+    PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd", name, v->len, want);
+    return -1;
+}
+
+/* topc(items, queries, code_size, c, excl_ptr, excl_ids, allow, out_dist, out_idx) -> None
+ * items uint8 [n_items * code_size]; queries uint8 [n_queries * code_size]; excl_ptr int64 [n_queries + 1]
+ * and excl_ids int64, or both None; allow uint8 [n_items] or None; out_dist int32 and out_idx int64,
+ * [n_queries * c], written. Sizes are checked against one another; the GIL is released during the scan. */
+static PyObject *py_topc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) return PyErr_Format(PyExc_TypeError, "topc takes 9 arguments, got %zd", nargs);
+    Py_ssize_t code_size = PyLong_AsSsize_t(args[2]), c = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (code_size < 1 || c < 0) return PyErr_Format(PyExc_ValueError, "code_size must be >= 1 and c >= 0");
+    static const char *names[] = {"items", "queries", "", "", "excl_ptr", "excl_ids", "allow", "out_dist",
+                                  "out_idx"};
+    Py_buffer v[9];
+    int none[9] = {0}, got = 0, ok = 0;
+    for (int a = 0; a < 9; a++) {
+        if (a == 2 || a == 3) continue;
+        if (get_buffer(args[a], &v[a], a >= 7, names[a], &none[a]) < 0) goto done;
+        got |= 1 << a;
+    }
+    if (none[0] || none[1] || none[7] || none[8] || none[4] != none[5]) {
+        PyErr_SetString(PyExc_TypeError, "items, queries and the outputs are required; excl_ptr and excl_ids "
+                                         "come together");
+        goto done;
+    }
+    if (v[0].len % code_size || v[1].len % code_size) {
+        PyErr_SetString(PyExc_ValueError, "items and queries must hold whole codes of code_size bytes");
+        goto done;
+    }
+    Py_ssize_t n_items = v[0].len / code_size, n_q = v[1].len / code_size;
+    if (c > n_items) {
+        PyErr_Format(PyExc_ValueError, "c = %zd is more than the %zd items", c, n_items);
+        goto done;
+    }
+    if ((!none[4] && check_len(&v[4], 8 * (n_q + 1), "excl_ptr") < 0) ||
+        (!none[5] && check_len(&v[5], v[5].len / 8 * 8, "excl_ids") < 0) ||
+        (!none[6] && check_len(&v[6], n_items, "allow") < 0) || check_len(&v[7], 4 * n_q * c, "out_dist") < 0 ||
+        check_len(&v[8], 8 * n_q * c, "out_idx") < 0)
+        goto done;
+    const int64_t *ptr = none[4] ? NULL : (const int64_t *)v[4].buf;
+    if (ptr) { /* the ids each query reads must lie inside excl_ids */
+        for (Py_ssize_t q = 0; q <= n_q; q++)
+            if (ptr[q] < 0 || ptr[q] > v[5].len / 8 || (q && ptr[q] < ptr[q - 1])) {
+                PyErr_SetString(PyExc_ValueError, "excl_ptr must be non-decreasing offsets into excl_ids");
+                goto done;
+            }
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS;
+    rc = hamming_topc(v[0].buf, n_items, code_size, v[1].buf, n_q, ptr, none[5] ? NULL : v[5].buf,
+                      none[6] ? NULL : v[6].buf, c, v[7].buf, v[8].buf);
+    Py_END_ALLOW_THREADS;
+    if (rc != 0) {
+        PyErr_Format(PyExc_MemoryError, "topc could not allocate scratch memory for %zd items", n_items);
+        goto done;
+    }
+    ok = 1;
+done:
+    for (int a = 0; a < 9; a++)
+        if ((got >> a) & 1 && !none[a]) PyBuffer_Release(&v[a]);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* use_vector_popcount(enable) -> bool: see hamming_use_vector_popcount. */
+static PyObject *py_use_vector_popcount(PyObject *self, PyObject *arg) {
+    (void)self;
+    int enable = PyObject_IsTrue(arg);
+    if (enable < 0) return NULL;
+    return PyBool_FromLong(hamming_use_vector_popcount(enable));
+}
+
+static PyMethodDef scan_methods[] = {
+    {"topc", (PyCFunction)(void (*)(void))py_topc, METH_FASTCALL, "Hamming top-c scan (see index/_scan.c)."},
+    {"use_vector_popcount", py_use_vector_popcount, METH_O, "Choose the distance loop's build."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef scan_module = {PyModuleDef_HEAD_INIT, "_scan", NULL, 0, scan_methods};
 
 PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&scan_module); }

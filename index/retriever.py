@@ -201,9 +201,7 @@ class Retriever:
     def user_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes uint8 [n, bits/8], vectors float32 [n, dim]) of internal user ids."""
         users = np.asarray(users, dtype=np.int64)
-        return np.take(self.bundle.user_codes, users, axis=0), np.take(
-            self.bundle.user_vectors, users, axis=0
-        )
+        return self.bundle.user_codes.take(users, axis=0), self.bundle.user_vectors.take(users, axis=0)
 
     def item_index(self, raw_ids: Collection[str]) -> tuple[np.ndarray, int]:
         """(sorted unique internal ids of the known raw item ids, number of unknown ids)."""
@@ -279,7 +277,8 @@ class Retriever:
         c = cand.shape[1]
         k = min(int(k), c)
         scores, ids = self._inner_topk(vectors, cand, min(k + 1, c))
-        if (scores[:, :-1] > scores[:, 1:]).all():  # strictly decreasing (FAISS's order, no tie): done
+        # strictly decreasing (FAISS's order, no tie): done (count_nonzero: cheaper than a bool reduction)
+        if not np.count_nonzero(scores[:, :-1] <= scores[:, 1:]):
             return scores[:, :k], ids[:, :k]
         scores, ids = _by_score_then_id(scores, ids)
         if k < c:
@@ -303,7 +302,8 @@ class Retriever:
                 faiss.swig_ptr(vectors), faiss.swig_ptr(iv), faiss.swig_ptr(cand),
                 iv.shape[1], n, len(iv), c, k, faiss.swig_ptr(scores), faiss.swig_ptr(ids), c,
             )  # fmt: skip
-            scores[ids < 0] = -np.inf
+            if np.count_nonzero(ids[:, -1] < 0):  # empty slots (FAISS puts them last)
+                scores[ids < 0] = -np.inf
         return scores, ids
 
     # -- both stages ---------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ class Retriever:
             self.observe("recall", t1 - t0)
             self.observe("rerank", time.perf_counter() - t1)
         ham = distances(np.asarray(codes, np.uint8)[:, None, :], self.bundle.item_codes[top])
-        if top.size and top[:, -1].min() < 0:  # empty slots (id -1, at the ends of rows) read the last item
+        if top.size and np.count_nonzero(top[:, -1] < 0):  # empty slots (id -1, last in their rows)
             ham[top < 0] = self.bits + 1
         return top, scores, ham
 
@@ -387,16 +387,16 @@ class Retriever:
         """
         if isinstance(users, str):
             users = [users]
-        uidx = self.bundle.users.to_internal(list(users))
-        out: list[Recommendation | None] = [None] * len(uidx)
-        rows = np.flatnonzero(uidx >= 0)
-        u = uidx[rows]
-        codes, vectors = self.user_rows(u)
-        excl = [self.seen_items(int(x)) for x in u] if exclude_seen else None
+        raw = [str(x) for x in users]
+        found = [(r, ui) for r, ui in enumerate(map(self.bundle.users.get, raw)) if ui is not None]
+        out: list[Recommendation | None] = [None] * len(raw)
+        rows, u = [r for r, _ in found], [ui for _, ui in found]
+        codes, vectors = self.user_rows(np.array(u, dtype=np.int64))
+        excl = [self.seen_items(x) for x in u] if exclude_seen else None
         excl = _with_extra(excl, exclude_items, len(u))
         recs = self._answers(codes, vectors, k, candidates, excl, include_items)
-        for r, ui, rec in zip(rows.tolist(), u.tolist(), recs, strict=True):
-            rec.user = str(self.bundle.users.raw[ui])
+        for r, rec in zip(rows, recs, strict=True):
+            rec.user = raw[r]  # the raw id as given: the look-up matched it exactly
             out[r] = rec
         return out
 
@@ -477,18 +477,21 @@ class Retriever:
         top, scores, ham = self.search(codes, vectors, k, candidates, exclude, allow)
         # empty slots (id -1) come last in every row, so each answer is a prefix of its row: convert the
         # arrays to Python lists once (tolist: the element loop in C) and slice them per row
-        lens = (top >= 0).sum(axis=1).tolist()
-        items = self.bundle.items.raw[np.maximum(top, 0)].tolist()
+        top_rows = top.tolist()
+        items = self.bundle.items.raw[top].tolist()  # an empty slot's -1 reads the last item: cut off below
         score_rows, ham_rows = scores.tolist(), ham.tolist()
-        return [
-            Recommendation(
-                user=None,
-                items=[str(x) for x in items[r][:m]],
-                scores=score_rows[r][:m],
-                hamming=ham_rows[r][:m],
+        out = []
+        for r, ids in enumerate(top_rows):
+            m = ids.index(-1) if ids and ids[-1] < 0 else len(ids)
+            out.append(
+                Recommendation(
+                    user=None,
+                    items=[str(x) for x in items[r][:m]],
+                    scores=score_rows[r][:m],
+                    hamming=ham_rows[r][:m],
+                )
             )
-            for r, m in enumerate(lens)
-        ]
+        return out
 
 
 _NO_ID = np.iinfo(np.int64).max  # sorts empty slots (id -1) after every item among equal scores

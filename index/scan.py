@@ -1,17 +1,16 @@
-"""The exact Hamming top-C scan (index/_scan.c) over a FAISS flat index's codes, called through ctypes.
+"""The exact Hamming top-C scan (index/_scan.c) over a FAISS flat index's codes.
 
 The C function is built by every install (setup.py; no fallback: an install without a C compiler fails
 loudly). It reads the index's own code array in place (FAISS owns it, memory-mapped for bundles), so the
 FAISS file stays the one index format. Why a kernel beside FAISS at all: its end-to-end gain is measured
 side by side by ``benchmarks/retrieval.py`` (docs/benchmarks.md, "Retrieval").
 
-ctypes releases the GIL during the call, so :func:`topc` splits large batches over a thread pool when
-asked for several threads.
+The scan releases the GIL, so :func:`topc` splits large batches over a thread pool when asked for several
+threads.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import itertools
 from collections.abc import Sequence
@@ -23,16 +22,6 @@ import numpy as np
 
 from . import _scan  # the compiled module: importing it fails if the install did not build it
 
-_lib = ctypes.CDLL(_scan.__file__)
-_fn = _lib.hamming_topc
-_p = ctypes.c_void_p
-_i64 = ctypes.c_int64
-_fn.argtypes = [_p, _i64, _i64, _p, _i64, _p, _p, _p, _i64, _p, _p]
-_fn.restype = ctypes.c_int
-_vector = _lib.hamming_use_vector_popcount
-_vector.argtypes = [ctypes.c_int]
-_vector.restype = ctypes.c_int
-
 # below this many queries per thread, a thread pool costs more than it saves
 _ROWS_PER_THREAD = 64
 
@@ -41,7 +30,7 @@ def use_vector_popcount(enable: bool) -> bool:
     """Run the AVX-512 VPOPCNTDQ build of the kernel's distance loop when ``enable`` and the CPU has it
     (the default, set when the library loads), else the baseline build; returns whether the vector one runs.
     Process-wide: for tests, which check both builds against brute force."""
-    return bool(_vector(int(enable)))
+    return _scan.use_vector_popcount(enable)
 
 
 @functools.cache
@@ -110,33 +99,16 @@ def topc(
     items = np.ascontiguousarray(items, dtype=np.uint8)
     allow_u8 = None if allow is None else np.ascontiguousarray(allow, dtype=np.uint8)
     indptr, ids = exclude if exclude is not None else (None, None)
+    size = items.shape[1]
 
-    items_p, queries_p, size = items.ctypes.data, queries.ctypes.data, items.shape[1]
-    indptr_p = None if indptr is None else indptr.ctypes.data
-    ids_p = None if ids is None else ids.ctypes.data
-    allow_p = None if allow_u8 is None else allow_u8.ctypes.data
-    dist_p, idx_p = dist.ctypes.data, idx.ctypes.data
-
-    def run(lo: int, hi: int) -> None:  # rows [lo, hi): pointers offset in bytes, no array views
-        rc = _fn(
-            items_p,
-            len(items),
-            size,
-            queries_p + lo * size,
-            hi - lo,
-            None if indptr_p is None else indptr_p + 8 * lo,
-            ids_p,
-            allow_p,
-            c,
-            dist_p + 4 * c * lo,
-            idx_p + 8 * c * lo,
-        )
-        if rc != 0:
-            raise MemoryError(f"hamming_topc could not allocate scratch memory for {len(items)} items")
+    def run(lo: int, hi: int) -> None:  # rows [lo, hi), written into dist and idx in place
+        part = slice(lo, hi)
+        ptr = None if indptr is None else indptr[lo : hi + 1]
+        _scan.topc(items, queries[part], size, c, ptr, ids, allow_u8, dist[part], idx[part])
 
     parts = min(threads, max(1, n // _ROWS_PER_THREAD))
     if parts <= 1:
-        run(0, n)
+        _scan.topc(items, queries, size, c, indptr, ids, allow_u8, dist, idx)
     else:
         bounds = np.linspace(0, n, parts + 1).astype(int)
         for f in [_pool(parts).submit(run, int(a), int(b)) for a, b in itertools.pairwise(bounds)]:

@@ -56,4 +56,7 @@ def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.uint8), np.asarray(b, dtype=np.uint8)
     if a.shape[-1] % 8 == 0 and a.strides[-1] == 1 and b.strides[-1] == 1:  # whole words: 8x fewer ops
         a, b = a.view(np.uint64), b.view(np.uint64)
-    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
+    counts = np.bitwise_count(np.bitwise_xor(a, b))
+    if counts.shape[-1] == 1:  # one word per code (64-bit codes): a copy is cheaper than a reduction
+        return counts[..., 0].astype(np.int32)
+    return counts.sum(axis=-1, dtype=np.int32)

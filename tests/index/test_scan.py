@@ -113,3 +113,35 @@ def test_edges_and_bad_arguments() -> None:
         scan.topc(items, items[:1], 3, None, np.ones(9, bool))
     with pytest.raises(ValueError, match="exclude has 2 rows"):
         scan.exclusions_csr([np.zeros(1, np.int64)] * 2, 1)
+
+
+def test_compiled_entry_point_checks_its_buffers() -> None:
+    """The C entry point refuses buffers whose sizes disagree (it writes into the outputs in place)."""
+    from hashrec.index import _scan
+
+    items = np.arange(80, dtype=np.uint8).reshape(10, 8)
+    q = items[:2]
+    dist, idx = np.empty((2, 3), np.int32), np.empty((2, 3), np.int64)
+    ptr, ids = np.array([0, 1, 2], np.int64), np.array([0, 1], np.int64)
+    _scan.topc(items, q, 8, 3, ptr, ids, None, dist, idx)  # well-formed: no error
+    want = scan.topc(items, q, 3, scan.exclusions_csr([ids[:1], ids[1:]], 2))
+    np.testing.assert_array_equal(dist, want[0])
+    np.testing.assert_array_equal(idx, want[1])
+    with pytest.raises(ValueError, match="out_dist has 20 bytes, expected 24"):
+        _scan.topc(items, q, 8, 3, None, None, None, np.empty(5, np.int32), idx)
+    with pytest.raises(ValueError, match="out_idx has"):
+        _scan.topc(items, q, 8, 3, None, None, None, dist, np.empty(5, np.int64))
+    with pytest.raises(ValueError, match="excl_ptr must be non-decreasing"):
+        _scan.topc(items, q, 8, 3, np.array([0, 5, 2], np.int64), ids, None, dist, idx)
+    with pytest.raises(ValueError, match="excl_ptr has"):
+        _scan.topc(items, q, 8, 3, np.array([0, 1], np.int64), ids, None, dist, idx)
+    with pytest.raises(ValueError, match="allow has 9 bytes"):
+        _scan.topc(items, q, 8, 3, None, None, np.ones(9, np.uint8), dist, idx)
+    with pytest.raises(ValueError, match="whole codes"):
+        _scan.topc(items, q, 3, 3, None, None, None, dist, idx)
+    with pytest.raises(ValueError, match="c = 11 is more than the 10 items"):
+        _scan.topc(items, q, 8, 11, None, None, None, np.empty(22, np.int32), np.empty(22, np.int64))
+    with pytest.raises(TypeError, match="come together"):
+        _scan.topc(items, q, 8, 3, ptr, None, None, dist, idx)
+    with pytest.raises(TypeError, match="writable"):
+        _scan.topc(items, q, 8, 3, None, None, None, b"\0" * 24, idx)
