@@ -53,6 +53,7 @@ if _cpu_coretype() and _CORETYPE_BEFORE is None:
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -329,7 +330,7 @@ def main() -> int:
             {"catalogue": cat["name"], "items": len(cat["item_z"]), "recall_stage": rs, "end_to_end": e2e}
         )
         del cat
-    command = "benchmarks/retrieval.py" + (" --quick" if args.quick else f" --items {args.items}")
+    command = "python benchmarks/retrieval.py " + " ".join(sys.argv[1:])
     payload = {
         "k": K,
         "candidates": C,
