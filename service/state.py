@@ -240,7 +240,7 @@ class ServingState:
             await verify_isolated(path)
             new = await asyncio.to_thread(load_snapshot, path, self.threads, self.observe, self.mmap)
             old, self.snapshot = self.snapshot, new  # the swap: one reference assignment on the event loop
-            self.report()
+            await asyncio.to_thread(self.report)
             log.info("now serving %s (was %s)", new.version, old.version if old else None)
             return old, new
 
@@ -248,7 +248,7 @@ class ServingState:
         """Switch to the wanted version when it differs; returns whether a switch happened. A version
         that failed once is not retried until the wanted version changes."""
         try:
-            path = self.wanted()
+            path = await asyncio.to_thread(self.wanted)
         except BundleLoadError as err:
             log.warning("cannot tell which bundle to serve: %s", err)
             return False
@@ -268,12 +268,15 @@ class ServingState:
             return False
 
     async def follow(self, poll_s: float, on_switch: Callable[[Snapshot], Any] | None = None) -> None:
-        """Check every ``poll_s`` seconds until cancelled (renewing the lease and the worker report)."""
+        """Check every ``poll_s`` seconds until cancelled (renewing the lease and the worker report).
+
+        The poll's file reads and writes run in a thread: bundles often live on a network filesystem, and
+        a stalled one must not stall the requests on the event loop."""
         while True:
             await asyncio.sleep(poll_s)
             if await self.check() and on_switch is not None and self.snapshot is not None:
                 await on_switch(self.snapshot)
-            self.report()
+            await asyncio.to_thread(self.report)
 
     # -- telling others ------------------------------------------------------------------------------------
     def report(self) -> None:

@@ -65,11 +65,11 @@ async def reload(
     state = ctx.state
     previous = ctx.snapshot().version
     t0 = time.perf_counter()
-    state.set_control(version)
+    await asyncio.to_thread(state.set_control, version)  # file work off the event loop, as in the poll
     try:
-        old, new = await state.switch(state.wanted())
+        old, new = await state.switch(await asyncio.to_thread(state.wanted))
     except BundleLoadError as err:
-        state.set_control(None)
+        await asyncio.to_thread(state.set_control, None)
         ctx.metrics.reloads.labels("refused").inc()
         log.error("reload refused, still serving %s: %s", previous, err)
         if "no such" in str(err).lower() or "not found" in str(err).lower():
@@ -97,7 +97,7 @@ async def _wait_for_workers(ctx: CtxDep, version: str) -> list[dict[str, object]
     fresh = 2 * poll + 5  # a worker that has not reported in that long is gone
     deadline = time.monotonic() + (poll + 1 if poll > 0 else 0)
     while True:
-        workers = ctx.state.workers(fresh)
+        workers = await asyncio.to_thread(ctx.state.workers, fresh)
         if all(w.get("version") == version for w in workers) or time.monotonic() >= deadline:
             return workers
         await asyncio.sleep(0.1)

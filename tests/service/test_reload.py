@@ -4,7 +4,11 @@ mixed-version answer under concurrent requests; the replaced snapshot freed even
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import json
+import os
 import random
 import threading
 import time
@@ -18,10 +22,11 @@ from fastapi.testclient import TestClient
 from support import ADMIN_TOKEN, app_client, make_bundle
 
 from hashrec.data import Dataset
+from hashrec.index import publish
 from hashrec.index.bundle import load_bundle
 from hashrec.index.retriever import Retriever
 from hashrec.service.runtime import freeze_startup_heap
-from hashrec.service.state import load_snapshot
+from hashrec.service.state import ServingState, load_snapshot
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -220,3 +225,41 @@ def test_reload_needs_the_token(client: TestClient, token: str | None) -> None:
     headers = {"Authorization": token} if token else {}
     r = client.post("/admin/reload", headers=headers)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_stalled_bundles_filesystem_does_not_stall_the_event_loop(
+    own_bundles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every poll renews the worker's lease in BUNDLES/.leases; on a network filesystem that write can hang.
+    Stand-in for such a filesystem: the lease write sleeps 1 s. The event loop keeps ticking meanwhile
+    (a request would be answered), and the lease is still written."""
+    real_write = publish.write_lease
+
+    def stalled_write(*args: object, **kwargs: object) -> None:
+        time.sleep(1.0)
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(publish, "write_lease", stalled_write)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    state = ServingState(own_bundles, runtime_dir=runtime)
+    state.snapshot = load_snapshot(state.wanted())
+
+    async def longest_tick_gap() -> float:
+        follower = asyncio.create_task(state.follow(0.01))
+        gaps, last, end = [], time.perf_counter(), time.perf_counter() + 2.5
+        while (now := time.perf_counter()) < end:
+            gaps.append(now - last)
+            last = now
+            await asyncio.sleep(0.01)
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        return max(gaps)
+
+    gap = asyncio.run(longest_tick_gap())
+    assert gap < 0.5, f"the event loop stalled {gap:.2f} s behind a lease write"
+    assert publish.leased_versions(own_bundles) == {state.snapshot.version}
+    assert (
+        json.loads((runtime / f"worker-{os.getpid()}.json").read_text())["version"] == state.snapshot.version
+    )
